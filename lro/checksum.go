@@ -1,0 +1,206 @@
+package lro
+
+import (
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+)
+
+// sumViews returns the RFC 1071 sum of n bytes of l from off on, carrying
+// odd bytes across views.
+func sumViews(l buffer.ViewList, off, n int) uint16 {
+	var c checksum.Checksumer
+	for v := l.Front(); v != nil && n > 0; v = v.Next() {
+		b := v.AsSlice()
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		b = b[off:]
+		off = 0
+		if len(b) > n {
+			b = b[:n]
+		}
+		c.Add(b)
+		n -= len(b)
+	}
+	return c.Checksum()
+}
+
+// addPayloadSum appends the sum of a payload that starts at byte offset at
+// in the merged payload. A payload at an odd offset has its bytes in the
+// other halves of the 16-bit words, so its sum is byte-swapped (RFC 1071
+// 2(B)).
+func addPayloadSum(total, sum uint16, at int) uint16 {
+	if at&1 != 0 {
+		sum = sum<<8 | sum>>8
+	}
+	return checksum.Combine(total, sum)
+}
+
+// addrs returns the source and destination addresses of the segment.
+func (s *segment) addrs() (src, dst tcpip.Address) {
+	if s.v6 {
+		ip := header.IPv6(s.hdr)
+		return ip.SourceAddress(), ip.DestinationAddress()
+	}
+	ip := header.IPv4(s.hdr)
+	return ip.SourceAddress(), ip.DestinationAddress()
+}
+
+// verifySegment checks the IPv4 header checksum and the TCP checksum of s
+// and keeps the payload's sum in s.sum, so the payload is summed once
+// (gro.dispatch4 sums it and forgets; wireguard-go's checksumValid too).
+// If the lower endpoint already validated the packet, the payload sum is
+// derived from the TCP checksum field instead of from the payload.
+func verifySegment(r *packetRef, s *segment, validated bool) bool {
+	src, dst := s.addrs()
+	pseudo := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(s.tcpLen+s.payload))
+	tcpHdr := s.hdr[s.ipLen : s.ipLen+s.tcpLen]
+	if validated {
+		// A valid segment sums to 0xffff over pseudo header, TCP header
+		// (checksum field included) and payload: the payload's sum is
+		// minus the other two.
+		s.sum = ^checksum.Checksum(tcpHdr, pseudo)
+		return true
+	}
+	if !s.v6 && !header.IPv4(s.hdr).IsChecksumValid() {
+		return false
+	}
+	l, off := r.views()
+	s.sum = sumViews(l, off+s.ipLen+s.tcpLen, s.payload)
+	return checksum.Checksum(tcpHdr, checksum.Combine(pseudo, s.sum)) == 0xffff
+}
+
+// setChecksums rewrites the IPv4 header checksum and the TCP checksum of a
+// merged packet whose headers are hdr and whose payload of payload bytes
+// sums to sum.
+func setChecksums(hdr []byte, v6 bool, ipLen, tcpLen, payload int, sum uint16) {
+	var src, dst tcpip.Address
+	if v6 {
+		ip := header.IPv6(hdr)
+		src, dst = ip.SourceAddress(), ip.DestinationAddress()
+	} else {
+		ip := header.IPv4(hdr)
+		ip.SetChecksum(0)
+		ip.SetChecksum(^ip.CalculateChecksum())
+		src, dst = ip.SourceAddress(), ip.DestinationAddress()
+	}
+	tcp := header.TCP(hdr[ipLen : ipLen+tcpLen])
+	tcp.SetChecksum(0)
+	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(tcpLen+payload))
+	xsum = checksum.Combine(xsum, sum)
+	tcp.SetChecksum(^checksum.Checksum(tcp, xsum))
+}
+
+// verifyForOffload checks, for a packet that passes through while the link
+// claims RXChecksumOffload, what netstack would then skip: the IPv4 header
+// checksum and TCP and UDP checksums. It returns false with the drop
+// reason for a packet that fails or cannot be checked.
+func verifyForOffload(r *packetRef, proto tcpip.NetworkProtocolNumber) (counter, bool) {
+	size := r.size()
+	switch proto {
+	case header.IPv4ProtocolNumber:
+		return verifyIPv4ForOffload(r, size)
+	case header.IPv6ProtocolNumber:
+		return verifyIPv6ForOffload(r, size)
+	}
+	return 0, true
+}
+
+func verifyIPv4ForOffload(r *packetRef, size int) (counter, bool) {
+	b, ok := r.pullUp(header.IPv4MinimumSize)
+	if !ok || !header.IPv4(b).IsValid(size) {
+		return cDropUnverifiable, false
+	}
+	hlen := int(header.IPv4(b).HeaderLength())
+	if b, ok = r.pullUp(hlen); !ok {
+		return cDropUnverifiable, false
+	}
+	ip := header.IPv4(b)
+	if !ip.IsChecksumValid() {
+		return cDropBadChecksum, false
+	}
+	tp := ip.TransportProtocol()
+	if tp != header.TCPProtocolNumber && tp != header.UDPProtocolNumber {
+		return 0, true
+	}
+	// Nobody would check the reassembled packet's transport checksum.
+	if ip.FragmentOffset() != 0 || ip.Flags()&header.IPv4FlagMoreFragments != 0 {
+		return cDropUnverifiable, false
+	}
+	return verifyTransport(r, tp, ip.SourceAddress(), ip.DestinationAddress(), hlen, int(ip.TotalLength()), false)
+}
+
+func verifyIPv6ForOffload(r *packetRef, size int) (counter, bool) {
+	b, ok := r.pullUp(header.IPv6MinimumSize)
+	if !ok || !header.IPv6(b).IsValid(size) {
+		return cDropUnverifiable, false
+	}
+	ip := header.IPv6(b)
+	src, dst := ip.SourceAddress(), ip.DestinationAddress()
+	end := header.IPv6MinimumSize + int(ip.PayloadLength())
+	nh, off := ip.NextHeader(), header.IPv6MinimumSize
+	// Walk at most a handful of extension headers; netstack allows more,
+	// but a packet that needs more is not worth the engine's time.
+	for range 8 {
+		switch tcpip.TransportProtocolNumber(nh) {
+		case header.TCPProtocolNumber, header.UDPProtocolNumber:
+			return verifyTransport(r, tcpip.TransportProtocolNumber(nh), src, dst, off, end, true)
+		}
+		switch nh {
+		case 0, 43, 60, 51: // hop-by-hop, routing, destination options, AH
+			if b, ok = r.pullUp(off + 2); !ok || off+2 > end {
+				return cDropUnverifiable, false
+			}
+			n := (int(b[off+1]) + 1) * 8
+			if nh == 51 {
+				n = (int(b[off+1]) + 2) * 4
+			}
+			nh, off = b[off], off+n
+		case 44: // fragment
+			if b, ok = r.pullUp(off + 8); !ok || off+8 > end {
+				return cDropUnverifiable, false
+			}
+			if tp := tcpip.TransportProtocolNumber(b[off]); tp == header.TCPProtocolNumber || tp == header.UDPProtocolNumber {
+				return cDropUnverifiable, false
+			}
+			return 0, true
+		default:
+			return 0, true
+		}
+	}
+	return cDropUnverifiable, false
+}
+
+// verifyTransport checks the TCP or UDP checksum of the transport segment
+// at [off, end) of the IP packet.
+func verifyTransport(r *packetRef, tp tcpip.TransportProtocolNumber, src, dst tcpip.Address, off, end int, v6 bool) (counter, bool) {
+	minLen := header.TCPMinimumSize
+	if tp == header.UDPProtocolNumber {
+		minLen = header.UDPMinimumSize
+	}
+	b, ok := r.pullUp(off + minLen)
+	if !ok || off+minLen > end {
+		return cDropUnverifiable, false
+	}
+	n := end - off
+	if tp == header.UDPProtocolNumber {
+		udp := header.UDP(b[off:])
+		// A zero UDP checksum over IPv4 means none was sent (RFC 768).
+		if udp.Checksum() == 0 && !v6 {
+			return 0, true
+		}
+		if int(udp.Length()) < header.UDPMinimumSize || int(udp.Length()) > n {
+			return cDropUnverifiable, false
+		}
+		n = int(udp.Length())
+	}
+	l, base := r.views()
+	xsum := header.PseudoHeaderChecksum(tp, src, dst, uint16(n))
+	if checksum.Combine(xsum, sumViews(l, base+off, n)) != 0xffff {
+		return cDropBadChecksum, false
+	}
+	return 0, true
+}

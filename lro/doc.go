@@ -1,0 +1,56 @@
+// Package lro is Large Receive Offload for gVisor's netstack: it merges
+// in-order TCP segments of one flow into one large packet before netstack
+// sees them.
+//
+// An Engine sits between a link endpoint and the NIC as a
+// stack.NetworkDispatcher:
+//
+//	link endpoint --DeliverNetworkPacket / DeliverFragments--> Engine --> NIC
+//	      |                                                      ^
+//	      +------------------- batch end: Flush() ---------------+
+//
+// It is modelled on Linux's generic LRO (net/ipv4/inet_lro.c). Each flow
+// (addresses, ports, network protocol, link source and VLAN) has at most one
+// session: a held packet to which later in-order data segments of the flow
+// are appended by moving their payload views (no payload copy). Anything
+// that cannot merge is delivered unchanged, after the held packet of its
+// flow, so nothing is reordered. Held packets are delivered when the lower
+// endpoint ends a dispatch batch (Flush, inet_lro's lro_flush_all), when a
+// limit is reached, when a table slot is needed, or at the latest after
+// Config.FlushDelay.
+//
+// Merged packets carry correct IPv4 total length and header checksum (IPv6
+// payload length) and a TCP checksum computed from the segments' payload
+// sums, so netstack verifies them as it verifies any packet. A segment whose
+// checksum fails never merges.
+//
+// Two rule sets, chosen by Config.Resegmentable:
+//
+//   - false (inet_lro): data segments merge whatever their ACK or window;
+//     the merged header carries the newest ACK, window, TSval and TSecr, and
+//     PSH if any segment had it.
+//   - true (Linux GRO, net/ipv4/tcp_offload.c): ACK, window and options must
+//     be identical and all segments but the last have the same size, so the
+//     merged packet can be cut back into exactly the segments that arrived.
+//
+// # Locking
+//
+// The flow table is split into shards by flow hash; each shard's mutex
+// guards its flows, buckets, age list and free list. Counters are atomics
+// per shard. No lock is held while calling into netstack, so a flow whose
+// packets arrive on two goroutines at once may be delivered in the order the
+// goroutines finish; a lower endpoint that pins each flow to one goroutine
+// (gVisor's fdbased does) keeps per-flow order.
+//
+// # Known limits
+//
+//   - IPv4 fragments and IPv6 packets with extension headers pass through
+//     without flushing their flow's held packet: their flow is not known
+//     without reassembly or a header walk. TCP sorts out the rare reorder.
+//   - Eviction takes the oldest session of the shard the new flow hashes
+//     to, not of the whole table; set Config.Shards to 1 for a strict
+//     oldest-first table.
+//   - Merging hides per-segment ACK information from netstack (default
+//     rules) and netstack has no per-packet segment count, so a merged
+//     packet is acknowledged as one segment.
+package lro

@@ -1,0 +1,424 @@
+package lro
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"sync/atomic"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// Defaults for the zero Config.
+const (
+	DefaultMaxFlows    = 8                      // inet_lro drivers' usual max_desc
+	DefaultMaxSegments = 64                     // inet_lro drivers' usual max_aggr
+	DefaultFlushDelay  = 100 * time.Microsecond // about one netstack batch
+)
+
+// ErrInvalidConfig is wrapped by the error New returns for a Config it
+// cannot use.
+var ErrInvalidConfig = errors.New("invalid config")
+
+// Config tunes an Engine. The zero value is ready to use: 8 flows, 64
+// segments and up to a 65535-byte IP packet per merged packet, inet_lro's
+// merge rules, checksums verified by the engine and again by netstack.
+type Config struct {
+	// MaxFlows is the number of sessions held at once (inet_lro max_desc).
+	// 0 means DefaultMaxFlows.
+	MaxFlows int
+	// MaxSegments is the number of segments merged into one packet
+	// (inet_lro max_aggr). 0 means DefaultMaxSegments.
+	MaxSegments int
+	// MaxBytes is the most TCP payload in one merged packet. 0 means the
+	// most that fits a 65535-byte IP packet.
+	MaxBytes int
+	// Resegmentable selects Linux GRO's rules: ACK, window and options
+	// identical and equal-sized segments, so a merged packet can be split
+	// back into exactly the segments that arrived. False selects inet_lro's
+	// rules, where the newest ACK, window and timestamps win.
+	Resegmentable bool
+	// ClaimChecksumOffload makes the engine verify, on every packet it
+	// hands up, what netstack skips when the link endpoint reports
+	// stack.CapabilityRXChecksumOffload (the IPv4 header checksum, TCP and
+	// UDP checksums), and drop what fails or cannot be verified. Set it
+	// only when the endpoint above the engine reports that capability, as
+	// lroendpoint does in this mode.
+	ClaimChecksumOffload bool
+	// FlushDelay bounds how long a packet is held when the lower endpoint
+	// never calls Flush. One timer is armed per batch of holds, never one
+	// per packet. 0 means DefaultFlushDelay; negative means never, for a
+	// lower endpoint that always ends its batches with Flush.
+	FlushDelay time.Duration
+	// Shards is the number of independently locked parts of the flow
+	// table, rounded up to a power of two. 0 means one per CPU, at most
+	// MaxFlows. Each shard holds MaxFlows/Shards sessions.
+	Shards int
+	// Clock runs the flush timer. nil means the system clock.
+	Clock tcpip.Clock
+}
+
+// withDefaults returns c with zero fields set, or an error naming the bad
+// field.
+func (c Config) withDefaults() (Config, error) {
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"MaxFlows", c.MaxFlows}, {"MaxSegments", c.MaxSegments}, {"MaxBytes", c.MaxBytes}, {"Shards", c.Shards}} {
+		if f.v < 0 {
+			return c, fmt.Errorf("lro: %s %d < 0: %w", f.name, f.v, ErrInvalidConfig)
+		}
+	}
+	if c.MaxFlows == 0 {
+		c.MaxFlows = DefaultMaxFlows
+	}
+	if c.MaxSegments == 0 {
+		c.MaxSegments = DefaultMaxSegments
+	}
+	if c.FlushDelay == 0 {
+		c.FlushDelay = DefaultFlushDelay
+	}
+	if c.Shards == 0 {
+		c.Shards = min(runtime.GOMAXPROCS(0), c.MaxFlows)
+	}
+	c.Shards = nextPow2(c.Shards)
+	if c.Shards > c.MaxFlows {
+		return c, fmt.Errorf("lro: Shards %d > MaxFlows %d: %w", c.Shards, c.MaxFlows, ErrInvalidConfig)
+	}
+	if c.Clock == nil {
+		c.Clock = tcpip.NewStdClock()
+	}
+	return c, nil
+}
+
+// Flusher is called by a lower endpoint at the end of each dispatch batch
+// (the end of a NAPI poll in Linux). *Engine implements it; a lower
+// endpoint finds it by a type assertion on the dispatcher it was attached
+// to.
+type Flusher interface {
+	// Flush delivers every held packet.
+	Flush()
+}
+
+// FragmentDispatcher is "receive in pages" (inet_lro lro_receive_frags): a
+// lower endpoint that read a frame into pooled views hands the views over
+// without building a PacketBuffer. *Engine implements it.
+type FragmentDispatcher interface {
+	// DeliverFragments takes ownership of buf, a frame of protocol proto
+	// whose first linkHeaderLen bytes are its link header.
+	DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderLen int, buf buffer.Buffer)
+}
+
+// Engine merges in-order TCP segments on their way from a link endpoint to
+// netstack. It is a stack.NetworkDispatcher; deliveries may come from
+// several goroutines at once.
+type Engine struct {
+	next      stack.NetworkDispatcher
+	cfg       Config
+	seed      uint64
+	shards    []shard
+	shardMask uint64
+	timer     tcpip.Timer // nil when FlushDelay < 0
+	armed     atomic.Bool // the timer is set to fire
+}
+
+var (
+	_ stack.NetworkDispatcher = (*Engine)(nil)
+	_ Flusher                 = (*Engine)(nil)
+	_ FragmentDispatcher      = (*Engine)(nil)
+)
+
+// New returns an Engine that delivers to next. It sizes every table once,
+// here; nothing on the per-packet path allocates afterwards.
+func New(next stack.NetworkDispatcher, cfg Config) (*Engine, error) {
+	if next == nil {
+		return nil, fmt.Errorf("lro: nil dispatcher: %w", ErrInvalidConfig)
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	e := &Engine{
+		next:      next,
+		cfg:       cfg,
+		seed:      rand.Uint64(),
+		shards:    make([]shard, cfg.Shards),
+		shardMask: uint64(cfg.Shards - 1),
+	}
+	perShard := (cfg.MaxFlows + cfg.Shards - 1) / cfg.Shards
+	for i := range e.shards {
+		e.shards[i].init(perShard)
+	}
+	if cfg.FlushDelay > 0 {
+		e.timer = cfg.Clock.AfterFunc(time.Hour, e.timerFlush)
+		e.timer.Stop()
+	}
+	return e, nil
+}
+
+// DeliverNetworkPacket implements stack.NetworkDispatcher. It does not take
+// the caller's reference: a packet it holds gets a reference of its own,
+// and a merged packet's payload views move to the held packet, leaving pkt
+// empty for the caller to release.
+func (e *Engine) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	r := packetRef{pkt: pkt}
+	e.handle(proto, &r)
+}
+
+// DeliverLinkPacket implements stack.NetworkDispatcher by passing pkt on:
+// packets for packet endpoints are never merged.
+func (e *Engine) DeliverLinkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	e.next.DeliverLinkPacket(proto, pkt)
+}
+
+// DeliverFragments implements FragmentDispatcher. It builds a PacketBuffer
+// only for a packet that passes through or starts a session; a segment
+// that merges costs its views only.
+func (e *Engine) DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderLen int, buf buffer.Buffer) {
+	r := packetRef{buf: &buf, off: linkHeaderLen}
+	e.handle(proto, &r)
+	buf.Release() // whatever was not moved into a packet
+}
+
+// Flush implements Flusher: it delivers every held packet (inet_lro
+// lro_flush_all).
+func (e *Engine) Flush() { e.flushAll(cFlushBatch) }
+
+// Close stops the flush timer and delivers every held packet.
+func (e *Engine) Close() {
+	if e.timer != nil {
+		e.timer.Stop()
+	}
+	e.Flush()
+}
+
+// Stats returns a snapshot of the engine's counters.
+func (e *Engine) Stats() Stats {
+	var s Stats
+	for i := range e.shards {
+		e.shards[i].stats.addTo(&s)
+	}
+	return s
+}
+
+// handle is the data path: parse, then classify, then pass through, merge,
+// or flush and hold.
+func (e *Engine) handle(proto tcpip.NetworkProtocolNumber, r *packetRef) {
+	var s segment
+	v := parseSegment(r, proto, &s)
+	if v != verdictPass {
+		s.hash = s.key.hash(e.seed)
+		validated := r.pkt != nil && r.pkt.RXChecksumValidated
+		if !verifySegment(r, &s, validated) {
+			v, s.reason = verdictPass, cPassBadChecksum
+		}
+	}
+	sh := &e.shards[s.hash&e.shardMask]
+	sh.stats.inc(cIn)
+	switch v {
+	case verdictPass:
+		e.pass(sh, proto, r, s.reason)
+	case verdictPassFlow:
+		e.flushAndPass(sh, proto, r, &s)
+	default:
+		e.mergeOrHold(sh, proto, r, &s)
+	}
+}
+
+// pass delivers a packet that belongs to no session, after the checks that
+// ClaimChecksumOffload owes netstack.
+func (e *Engine) pass(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef, reason counter) {
+	if e.cfg.ClaimChecksumOffload && !(r.pkt != nil && r.pkt.RXChecksumValidated) {
+		if reason == cPassBadChecksum {
+			sh.stats.inc(cDropBadChecksum)
+			return
+		}
+		if drop, ok := verifyForOffload(r, proto); !ok {
+			sh.stats.inc(drop)
+			return
+		}
+	}
+	sh.stats.inc(reason)
+	e.deliverRef(sh, proto, r)
+}
+
+// flushAndPass delivers a valid TCP packet that must not merge, after its
+// flow's held packet, so the two arrive in order.
+func (e *Engine) flushAndPass(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment) {
+	var out session
+	sh.mu.Lock()
+	if i := sh.lookup(&s.key, s.hash); i >= 0 {
+		out = sh.remove(i)
+		out.cause = cFlushOrder
+	}
+	sh.mu.Unlock()
+	e.deliverSession(sh, &out)
+	sh.stats.inc(s.reason)
+	e.deliverRef(sh, proto, r)
+}
+
+// mergeOrHold runs a candidate segment against its flow's session: merge,
+// or flush and hold, or flush and pass.
+func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment) {
+	var out [2]session // at most: one ended session, and the one s filled
+	n, held, passed := 0, false, false
+	sh.mu.Lock()
+	i := sh.lookup(&s.key, s.hash)
+	if i < 0 {
+		if sh.full() {
+			out[n] = sh.remove(sh.oldest)
+			out[n].cause = cFlushEvict
+			n++
+		}
+		i = sh.insert(&s.key, s.hash)
+		e.hold(&sh.flows[i].session, proto, r, s)
+		held = true
+	} else {
+		f := &sh.flows[i].session
+		switch a := e.classify(f, s); a {
+		case actionMerge:
+			e.merge(f, s, r)
+			sh.stats.inc(cMerged)
+		case actionPass:
+			out[n] = sh.remove(i)
+			out[n].cause = cFlushOrder
+			n++
+			i, passed = -1, true
+		default:
+			out[n] = *f
+			out[n].cause = cFlushMismatch
+			if a == actionRestartLimit {
+				out[n].cause = cFlushLimit
+			}
+			n++
+			e.hold(f, proto, r, s)
+			held = true
+		}
+	}
+	if i >= 0 && e.done(&sh.flows[i].session, s) {
+		out[n] = sh.remove(i)
+		out[n].cause = cFlushLimit
+		n++
+		held = false
+	}
+	sh.mu.Unlock()
+
+	for j := range n {
+		e.deliverSession(sh, &out[j])
+	}
+	if passed {
+		sh.stats.inc(cPassOutOfOrder)
+		e.deliverRef(sh, proto, r)
+	}
+	if held {
+		e.armTimer()
+	}
+}
+
+// hold makes the packet of s the held packet of session f.
+func (e *Engine) hold(f *session, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment) {
+	if r.pkt != nil {
+		f.pkt = r.pkt.IncRef()
+	} else {
+		f.pkt = newPacket(proto, r)
+	}
+	e.start(f, s)
+}
+
+// newPacket builds a PacketBuffer from a receive-in-pages frame as gVisor's
+// fdbased does: the frame is the payload and the link header is consumed.
+// The frame's views move into the packet.
+func newPacket(proto tcpip.NetworkProtocolNumber, r *packetRef) *stack.PacketBuffer {
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: *r.buf})
+	*r.buf = buffer.Buffer{} // the packet owns the views now
+	if r.off > 0 {
+		pkt.LinkHeader().Consume(r.off)
+	}
+	pkt.NetworkProtocolNumber = proto
+	return pkt
+}
+
+// deliverRef hands the packet of r to netstack as it is.
+func (e *Engine) deliverRef(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef) {
+	sh.stats.inc(cOut)
+	if r.pkt != nil {
+		e.next.DeliverNetworkPacket(proto, r.pkt)
+		return
+	}
+	pkt := newPacket(proto, r)
+	e.next.DeliverNetworkPacket(proto, pkt)
+	pkt.DecRef()
+}
+
+// deliverSession finalizes an ended session's packet, hands it to netstack
+// and drops the session's reference. A zero session is a no-op.
+func (e *Engine) deliverSession(sh *shard, f *session) {
+	if f.pkt == nil {
+		return
+	}
+	finalize(f)
+	sh.stats.inc(cOut)
+	sh.stats.inc(f.cause)
+	if f.segs > 1 {
+		sh.stats.inc(cMergedPackets)
+	}
+	proto := header.IPv4ProtocolNumber
+	if f.v6 {
+		proto = header.IPv6ProtocolNumber
+	}
+	e.next.DeliverNetworkPacket(proto, f.pkt)
+	f.pkt.DecRef()
+	f.pkt = nil
+}
+
+// flushAll delivers every held packet, a few at a time per shard so that
+// the lock is never held while netstack runs.
+func (e *Engine) flushAll(cause counter) {
+	for i := range e.shards {
+		sh := &e.shards[i]
+		// New sessions may start while we deliver; stop after as many
+		// rounds as the shard has slots, so a busy shard cannot keep us.
+		for range len(sh.flows)/flushBatch + 1 {
+			var out [flushBatch]session
+			n := 0
+			sh.mu.Lock()
+			for n < len(out) && sh.oldest >= 0 {
+				out[n] = sh.remove(sh.oldest)
+				out[n].cause = cause
+				n++
+			}
+			sh.mu.Unlock()
+			for j := range n {
+				e.deliverSession(sh, &out[j])
+			}
+			if n < len(out) {
+				break
+			}
+		}
+	}
+}
+
+// flushBatch is how many sessions flushAll takes from a shard per lock.
+const flushBatch = 16
+
+// armTimer makes sure the flush timer will fire: one timer per batch of
+// holds, not one per packet.
+func (e *Engine) armTimer() {
+	if e.timer == nil || e.armed.Load() || !e.armed.CompareAndSwap(false, true) {
+		return
+	}
+	e.timer.Reset(e.cfg.FlushDelay)
+}
+
+// timerFlush runs when FlushDelay passed with packets held. It disarms
+// before flushing, so a packet held after the flush began re-arms the
+// timer.
+func (e *Engine) timerFlush() {
+	e.armed.Store(false)
+	e.flushAll(cFlushTimer)
+}

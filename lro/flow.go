@@ -1,0 +1,188 @@
+package lro
+
+import (
+	"encoding/binary"
+	"math/bits"
+
+	"gvisor.dev/gvisor/pkg/sync"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// flowKey identifies a TCP flow: a comparable struct of fixed-size fields,
+// so lookups need no allocation.
+type flowKey struct {
+	src, dst [16]byte
+	ports    uint32 // source port << 16 | destination port
+	proto    uint32 // IP version, 4 or 6
+	link     uint64 // Ethernet source address, VLAN ID << 48
+}
+
+// hash mixes the key with a per-engine random seed, so a peer cannot
+// choose addresses and ports that put every flow in one bucket. It reads
+// the key a word at a time: jenkins one-at-a-time (fdbased's
+// connectionHash) costs a step per byte.
+func (k *flowKey) hash(seed uint64) uint64 {
+	h := seed
+	h = mix(h, binary.LittleEndian.Uint64(k.src[:8]))
+	h = mix(h, binary.LittleEndian.Uint64(k.src[8:]))
+	h = mix(h, binary.LittleEndian.Uint64(k.dst[:8]))
+	h = mix(h, binary.LittleEndian.Uint64(k.dst[8:]))
+	h = mix(h, uint64(k.ports)<<32|uint64(k.proto))
+	return mix(h, k.link)
+}
+
+// mix folds w into h with a 128-bit multiply (the wyhash step).
+func mix(h, w uint64) uint64 {
+	hi, lo := bits.Mul64(h^w, 0x9e3779b97f4a7c15^w)
+	return hi ^ lo
+}
+
+// flow is a table slot: a flow key, its links, and its session.
+type flow struct {
+	key   flowKey
+	hash  uint64
+	chain int32 // next flow in the same bucket, or -1
+	older int32 // age list: previous (older) session, or -1
+	newer int32 // age list: next (newer) session, or -1; free list link
+	session
+}
+
+// session is a held packet and what the next segment of its flow must look
+// like to join it (inet_lro's net_lro_desc).
+type session struct {
+	pkt *stack.PacketBuffer // held packet; the session owns one reference
+	hdr []byte              // its IP and TCP headers, rewritten at flush
+
+	v6         bool
+	ipLen      int
+	tcpLen     int
+	segs       int    // segments in pkt
+	payload    int    // TCP payload bytes in pkt
+	maxPayload int    // payload limit of pkt
+	mss        int    // payload of the first segment
+	sum        uint16 // ones' complement sum of the payload so far
+	nextSeq    uint32
+	ack        uint32
+	window     uint16
+	psh        bool
+	ts         bool
+	tsVal      uint32
+	tsEcr      uint32
+	tos        uint8
+	ttl        uint8
+	cause      counter // why the session ended, set when it is removed
+}
+
+// shard is one independently locked part of the flow table: a fixed array
+// of flows, hash buckets chained through the flows, an age list for
+// eviction and a free list, all sized once in New.
+type shard struct {
+	mu sync.Mutex
+	// +checklocks:mu
+	flows []flow
+	// +checklocks:mu
+	buckets []int32
+	// +checklocks:mu
+	free int32
+	// +checklocks:mu
+	oldest int32
+	// +checklocks:mu
+	newest int32
+	// +checklocks:mu
+	n int
+
+	stats counters
+}
+
+func (sh *shard) init(capacity int) {
+	sh.flows = make([]flow, capacity)
+	sh.buckets = make([]int32, nextPow2(2*capacity))
+	for i := range sh.buckets {
+		sh.buckets[i] = -1
+	}
+	for i := range sh.flows {
+		sh.flows[i].newer = int32(i + 1)
+	}
+	sh.flows[capacity-1].newer = -1
+	sh.free, sh.oldest, sh.newest = 0, -1, -1
+}
+
+// bucket returns the bucket index of a key hash. The low bits chose the
+// shard, so the bucket uses the high ones.
+func (sh *shard) bucket(h uint64) int {
+	return int(h>>32) & (len(sh.buckets) - 1)
+}
+
+// lookup returns the index of the session of key, or -1.
+//
+// +checklocks:sh.mu
+func (sh *shard) lookup(key *flowKey, h uint64) int32 {
+	for i := sh.buckets[sh.bucket(h)]; i >= 0; i = sh.flows[i].chain {
+		if sh.flows[i].key == *key {
+			return i
+		}
+	}
+	return -1
+}
+
+// full reports whether a new session needs an eviction first.
+//
+// +checklocks:sh.mu
+func (sh *shard) full() bool { return sh.free < 0 }
+
+// insert takes a free slot for key and makes it the newest session. The
+// shard must not be full.
+//
+// +checklocks:sh.mu
+func (sh *shard) insert(key *flowKey, h uint64) int32 {
+	i := sh.free
+	f := &sh.flows[i]
+	sh.free = f.newer
+	b := sh.bucket(h)
+	*f = flow{key: *key, hash: h, chain: sh.buckets[b], older: sh.newest, newer: -1}
+	sh.buckets[b] = i
+	if sh.newest >= 0 {
+		sh.flows[sh.newest].newer = i
+	} else {
+		sh.oldest = i
+	}
+	sh.newest = i
+	sh.n++
+	return i
+}
+
+// remove ends session i and returns it; the held packet's reference
+// passes to the caller.
+//
+// +checklocks:sh.mu
+func (sh *shard) remove(i int32) session {
+	f := &sh.flows[i]
+	for p := &sh.buckets[sh.bucket(f.hash)]; *p >= 0; p = &sh.flows[*p].chain {
+		if *p == i {
+			*p = f.chain
+			break
+		}
+	}
+	if f.older >= 0 {
+		sh.flows[f.older].newer = f.newer
+	} else {
+		sh.oldest = f.newer
+	}
+	if f.newer >= 0 {
+		sh.flows[f.newer].older = f.older
+	} else {
+		sh.newest = f.older
+	}
+	out := f.session
+	*f = flow{newer: sh.free}
+	sh.free = i
+	sh.n--
+	return out
+}
+
+func nextPow2(n int) int {
+	if n <= 1 {
+		return 1
+	}
+	return 1 << bits.Len(uint(n-1))
+}

@@ -1,0 +1,276 @@
+package lro
+
+import (
+	"encoding/binary"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// packetRef is the packet being processed: a PacketBuffer on the
+// DeliverNetworkPacket path, or a bare buffer on the receive-in-pages path.
+type packetRef struct {
+	pkt *stack.PacketBuffer
+	buf *buffer.Buffer
+	off int // offset of the network header in buf
+}
+
+// pullUp returns the first n bytes from the network header on, contiguous.
+func (r *packetRef) pullUp(n int) ([]byte, bool) {
+	if r.pkt != nil {
+		return r.pkt.Data().PullUp(n)
+	}
+	v, ok := r.buf.PullUp(r.off, n)
+	return v.AsSlice(), ok
+}
+
+// size returns the number of bytes from the network header on.
+func (r *packetRef) size() int {
+	if r.pkt != nil {
+		return r.pkt.Data().Size()
+	}
+	return int(r.buf.Size()) - r.off
+}
+
+// views returns the packet's views and the offset of the network header in
+// them.
+func (r *packetRef) views() (buffer.ViewList, int) {
+	if r.pkt != nil {
+		l, off := r.pkt.AsViewList()
+		// Inbound packets push nothing: the data starts past what the
+		// link endpoint consumed.
+		return l, off + r.pkt.HeaderSize()
+	}
+	return r.buf.AsViewList(), r.off
+}
+
+// linkID returns the link identity of the packet: the Ethernet source
+// address and, for an 802.1Q header, the VLAN ID. inet_lro keyed flows by
+// addresses and ports only, so two VLANs carrying the same 4-tuple merged.
+func (r *packetRef) linkID() uint64 {
+	var lh []byte
+	if r.pkt != nil {
+		lh = r.pkt.LinkHeader().Slice()
+	} else if r.off >= header.EthernetMinimumSize {
+		v, ok := r.buf.PullUp(0, r.off)
+		if !ok {
+			return 0
+		}
+		lh = v.AsSlice()
+	}
+	if len(lh) < header.EthernetMinimumSize {
+		return 0
+	}
+	var id uint64
+	for _, b := range lh[6:12] {
+		id = id<<8 | uint64(b)
+	}
+	const tpid8021Q = 0x8100
+	if len(lh) >= header.EthernetMinimumSize+4 && binary.BigEndian.Uint16(lh[12:]) == tpid8021Q {
+		id |= uint64(binary.BigEndian.Uint16(lh[14:])&0xfff) << 48
+	}
+	return id
+}
+
+// verdict is what parsing a packet decided, before its flow is looked up.
+type verdict uint8
+
+const (
+	// verdictCandidate: an IP/TCP data segment that may merge if it is in
+	// order for its flow.
+	verdictCandidate verdict = iota
+	// verdictPassFlow: a valid TCP packet that must not merge; its flow's
+	// held packet goes first.
+	verdictPassFlow
+	// verdictPass: delivered as it is, no flow to flush.
+	verdictPass
+)
+
+// segment is a parsed IPv4 or IPv6 TCP packet.
+type segment struct {
+	key     flowKey
+	hash    uint64
+	hdr     []byte // IP and TCP headers, contiguous, writable
+	v6      bool
+	ipLen   int
+	tcpLen  int
+	payload int // TCP payload bytes
+	seq     uint32
+	ack     uint32
+	window  uint16
+	flags   header.TCPFlags
+	ts      bool // NOP,NOP,timestamp present
+	tsVal   uint32
+	tsEcr   uint32
+	tos     uint8
+	ttl     uint8
+	sum     uint16 // ones' complement sum of the payload, once verified
+	reason  counter
+}
+
+// tcp returns the segment's TCP header.
+func (s *segment) tcp() header.TCP { return header.TCP(s.hdr[s.ipLen:]) }
+
+// parseSegment parses r as proto and decides what may happen to it. It
+// checks one thing at a time, as gVisor's gro.dispatch4 does, and never
+// reads a length off the wire before comparing it with what is there.
+func parseSegment(r *packetRef, proto tcpip.NetworkProtocolNumber, s *segment) verdict {
+	size := r.size()
+	switch proto {
+	case header.IPv4ProtocolNumber:
+		return parseIPv4(r, size, s)
+	case header.IPv6ProtocolNumber:
+		return parseIPv6(r, size, s)
+	}
+	s.reason = cPassNotTCP
+	return verdictPass
+}
+
+func parseIPv4(r *packetRef, size int, s *segment) verdict {
+	b, ok := r.pullUp(header.IPv4MinimumSize)
+	if !ok || !header.IPv4(b).IsValid(size) {
+		s.reason = cPassMalformed
+		return verdictPass
+	}
+	ip := header.IPv4(b)
+	if ip.TransportProtocol() != header.TCPProtocolNumber {
+		s.reason = cPassNotTCP
+		return verdictPass
+	}
+	// No fragments (inet_lro lro_tcp_ip_check: a fragment never merges).
+	if ip.FragmentOffset() != 0 || ip.Flags()&header.IPv4FlagMoreFragments != 0 {
+		s.reason = cPassFragment
+		return verdictPass
+	}
+	s.v6 = false
+	s.ipLen = int(ip.HeaderLength())
+	s.tos, _ = ip.TOS()
+	s.ttl = ip.TTL()
+	s.key = flowKey{proto: 4}
+	copy(s.key.src[:], b[12:16])
+	copy(s.key.dst[:], b[16:20])
+	return parseTCP(r, int(ip.TotalLength()), size, s)
+}
+
+func parseIPv6(r *packetRef, size int, s *segment) verdict {
+	b, ok := r.pullUp(header.IPv6MinimumSize)
+	if !ok || !header.IPv6(b).IsValid(size) {
+		s.reason = cPassMalformed
+		return verdictPass
+	}
+	ip := header.IPv6(b)
+	if nh := ip.NextHeader(); nh != uint8(header.TCPProtocolNumber) {
+		s.reason = cPassNotTCP
+		if isIPv6ExtensionHeader(nh) {
+			s.reason = cPassIPOptions
+		}
+		return verdictPass
+	}
+	s.v6 = true
+	s.ipLen = header.IPv6MinimumSize
+	s.tos, _ = ip.TOS()
+	s.ttl = ip.HopLimit()
+	s.key = flowKey{proto: 6}
+	copy(s.key.src[:], b[8:24])
+	copy(s.key.dst[:], b[24:40])
+	return parseTCP(r, header.IPv6MinimumSize+int(ip.PayloadLength()), size, s)
+}
+
+// parseTCP parses the TCP header that follows s.ipLen bytes of IP header in
+// an IP packet of total bytes carried in size bytes.
+func parseTCP(r *packetRef, total, size int, s *segment) verdict {
+	b, ok := r.pullUp(s.ipLen + header.TCPMinimumSize)
+	if !ok || total < s.ipLen+header.TCPMinimumSize {
+		s.reason = cPassMalformed
+		return verdictPass
+	}
+	off := int(header.TCP(b[s.ipLen:]).DataOffset())
+	if off < header.TCPMinimumSize || s.ipLen+off > total {
+		s.reason = cPassMalformed
+		return verdictPass
+	}
+	if b, ok = r.pullUp(s.ipLen + off); !ok {
+		s.reason = cPassMalformed
+		return verdictPass
+	}
+	s.hdr = b
+	s.tcpLen = off
+	s.payload = total - s.ipLen - off
+	tcp := s.tcp()
+	s.seq, s.ack, s.window, s.flags = tcp.SequenceNumber(), tcp.AckNumber(), tcp.WindowSize(), tcp.Flags()
+	s.key.ports = uint32(tcp.SourcePort())<<16 | uint32(tcp.DestinationPort())
+	s.key.link = r.linkID()
+	return classifySegment(s, total, size)
+}
+
+// classifySegment applies the merge rules that need only the segment
+// itself. Each refusal names its rule.
+func classifySegment(s *segment, total, size int) verdict {
+	// Ethernet pads short frames; netstack trims, merging would not.
+	if total != size {
+		s.reason = cPassPadding
+		return verdictPassFlow
+	}
+	// IPv4 options never merge (inet_lro lro_tcp_ip_check: ihl != 5).
+	if s.ipLen != header.IPv4MinimumSize && !s.v6 {
+		s.reason = cPassIPOptions
+		return verdictPassFlow
+	}
+	// Only data segments with ACK and none of SYN/FIN/RST/URG/ECE/CWR
+	// (lro_tcp_ip_check; CWR ends a run as in tcp_gro_receive).
+	const refused = header.TCPFlagSyn | header.TCPFlagFin | header.TCPFlagRst |
+		header.TCPFlagUrg | header.TCPFlagEce | header.TCPFlagCwr
+	if s.payload == 0 || s.flags&header.TCPFlagAck == 0 || s.flags&refused != 0 {
+		s.reason = cPassTCPFlags
+		return verdictPassFlow
+	}
+	// A CE mark must reach TCP on its own segment (RFC 3168 6.1.3).
+	if s.tos&ecnMask == ecnCE {
+		s.reason = cPassTCPFlags
+		return verdictPassFlow
+	}
+	if !parseTimestamp(s) {
+		s.reason = cPassTCPOptions
+		return verdictPassFlow
+	}
+	return verdictCandidate
+}
+
+// parseTimestamp accepts no options or exactly NOP,NOP,timestamp
+// (lro_tcp_ip_check) and reads TSval and TSecr at their fixed offsets.
+func parseTimestamp(s *segment) bool {
+	s.ts = false
+	switch s.tcpLen {
+	case header.TCPMinimumSize:
+		return true
+	case header.TCPMinimumSize + header.TCPOptionTSLength + 2:
+		o := s.hdr[s.ipLen+header.TCPMinimumSize:]
+		if o[0] != header.TCPOptionNOP || o[1] != header.TCPOptionNOP ||
+			o[2] != header.TCPOptionTS || o[3] != header.TCPOptionTSLength {
+			return false
+		}
+		s.ts = true
+		s.tsVal = binary.BigEndian.Uint32(o[4:])
+		s.tsEcr = binary.BigEndian.Uint32(o[8:])
+		return true
+	}
+	return false
+}
+
+// isIPv6ExtensionHeader reports whether nh names an IPv6 extension header
+// (RFC 8200 4.1, plus AH and ESP, which also precede TCP).
+func isIPv6ExtensionHeader(nh uint8) bool {
+	switch nh {
+	case 0, 43, 44, 50, 51, 60, 135, 139, 140:
+		return true
+	}
+	return false
+}
+
+// ECN field of the IPv4 TOS or IPv6 traffic class (RFC 3168 5).
+const (
+	ecnMask = 0x3
+	ecnCE   = 0x3
+)
