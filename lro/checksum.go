@@ -55,6 +55,10 @@ func (s *segment) addrs() (src, dst tcpip.Address) {
 // If the lower endpoint already validated the packet, the payload sum is
 // derived from the TCP checksum field instead of from the payload.
 func verifySegment(r *packetRef, s *segment, validated bool) bool {
+	if s.fragment {
+		// Its TCP checksum covers bytes that are not here yet.
+		return validated || header.IPv4(s.hdr).IsChecksumValid()
+	}
 	src, dst := s.addrs()
 	pseudo := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(s.tcpLen+s.payload))
 	tcpHdr := s.hdr[s.ipLen : s.ipLen+s.tcpLen]

@@ -44,9 +44,10 @@
 //
 // # Known limits
 //
-//   - IPv4 fragments and IPv6 packets with extension headers pass through
-//     without flushing their flow's held packet: their flow is not known
-//     without reassembly or a header walk. TCP sorts out the rare reorder.
+//   - IPv6 packets with extension headers pass through without flushing
+//     their flow's held packet: their flow is not known without a header
+//     walk. TCP sorts out the rare reorder. (An IPv4 first fragment does
+//     flush its flow.)
 //   - Eviction takes the oldest session of the shard the new flow hashes
 //     to, not of the whole table; set Config.Shards to 1 for a strict
 //     oldest-first table.

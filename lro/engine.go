@@ -125,6 +125,7 @@ type Engine struct {
 	shardMask uint64
 	timer     tcpip.Timer // nil when FlushDelay < 0
 	armed     atomic.Bool // the timer is set to fire
+	closed    atomic.Bool // Close was called: hold nothing more
 }
 
 var (
@@ -189,8 +190,10 @@ func (e *Engine) DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderL
 // lro_flush_all).
 func (e *Engine) Flush() { e.flushAll(cFlushBatch) }
 
-// Close stops the flush timer and delivers every held packet.
+// Close stops the flush timer and delivers every held packet. Packets
+// that arrive after Close pass through without being held.
 func (e *Engine) Close() {
+	e.closed.Store(true)
 	if e.timer != nil {
 		e.timer.Stop()
 	}
@@ -214,8 +217,11 @@ func (e *Engine) handle(proto tcpip.NetworkProtocolNumber, r *packetRef) {
 	if v != verdictPass {
 		s.hash = s.key.hash(e.seed)
 		validated := r.pkt != nil && r.pkt.RXChecksumValidated
-		if !verifySegment(r, &s, validated) {
+		switch {
+		case !verifySegment(r, &s, validated):
 			v, s.reason = verdictPass, cPassBadChecksum
+		case s.fragment && e.cfg.ClaimChecksumOffload:
+			v = verdictPass // dropped by pass: nobody checks it later
 		}
 	}
 	sh := &e.shards[s.hash&e.shardMask]
@@ -231,7 +237,8 @@ func (e *Engine) handle(proto tcpip.NetworkProtocolNumber, r *packetRef) {
 }
 
 // pass delivers a packet that belongs to no session, after the checks that
-// ClaimChecksumOffload owes netstack.
+// ClaimChecksumOffload owes netstack. Its flow is unknown or it is bad
+// input, so it needs no place in any flow's order.
 func (e *Engine) pass(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef, reason counter) {
 	if e.cfg.ClaimChecksumOffload && !(r.pkt != nil && r.pkt.RXChecksumValidated) {
 		if reason == cPassBadChecksum {
@@ -243,36 +250,34 @@ func (e *Engine) pass(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef
 			return
 		}
 	}
-	sh.stats.inc(reason)
-	e.deliverRef(sh, proto, r)
+	it := passItem(proto, r, reason)
+	e.deliver(sh, &it)
 }
 
 // flushAndPass delivers a valid TCP packet that must not merge, after its
 // flow's held packet, so the two arrive in order.
 func (e *Engine) flushAndPass(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment) {
-	var out session
+	var out [2]pending
+	n := 0
 	sh.mu.Lock()
 	if i := sh.lookup(&s.key, s.hash); i >= 0 {
-		out = sh.remove(i)
-		out.cause = cFlushOrder
+		out[n] = sessionItem(sh.remove(i), cFlushOrder)
+		n++
 	}
-	sh.mu.Unlock()
-	e.deliverSession(sh, &out)
-	sh.stats.inc(s.reason)
-	e.deliverRef(sh, proto, r)
+	out[n] = passItem(proto, r, s.reason)
+	e.release(sh, out[:n+1])
 }
 
 // mergeOrHold runs a candidate segment against its flow's session: merge,
 // or flush and hold, or flush and pass.
 func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment) {
-	var out [2]session // at most: one ended session, and the one s filled
-	n, held, passed := 0, false, false
+	var out [3]pending // at most: an ended session, the one s filled, or s itself
+	n, held := 0, false
 	sh.mu.Lock()
 	i := sh.lookup(&s.key, s.hash)
 	if i < 0 {
 		if sh.full() {
-			out[n] = sh.remove(sh.oldest)
-			out[n].cause = cFlushEvict
+			out[n] = sessionItem(sh.remove(sh.oldest), cFlushEvict)
 			n++
 		}
 		i = sh.insert(&s.key, s.hash)
@@ -285,36 +290,27 @@ func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pa
 			e.merge(f, s, r)
 			sh.stats.inc(cMerged)
 		case actionPass:
-			out[n] = sh.remove(i)
-			out[n].cause = cFlushOrder
-			n++
-			i, passed = -1, true
+			out[n] = sessionItem(sh.remove(i), cFlushOrder)
+			out[n+1] = passItem(proto, r, cPassOutOfOrder)
+			n += 2
+			i = -1
 		default:
-			out[n] = *f
-			out[n].cause = cFlushMismatch
+			cause := cFlushMismatch
 			if a == actionRestartLimit {
-				out[n].cause = cFlushLimit
+				cause = cFlushLimit
 			}
+			out[n] = sessionItem(*f, cause)
 			n++
 			e.hold(f, proto, r, s)
 			held = true
 		}
 	}
 	if i >= 0 && e.done(&sh.flows[i].session, s) {
-		out[n] = sh.remove(i)
-		out[n].cause = cFlushLimit
+		out[n] = sessionItem(sh.remove(i), cFlushLimit)
 		n++
 		held = false
 	}
-	sh.mu.Unlock()
-
-	for j := range n {
-		e.deliverSession(sh, &out[j])
-	}
-	if passed {
-		sh.stats.inc(cPassOutOfOrder)
-		e.deliverRef(sh, proto, r)
-	}
+	e.release(sh, out[:n])
 	if held {
 		e.armTimer()
 	}
@@ -343,37 +339,101 @@ func newPacket(proto tcpip.NetworkProtocolNumber, r *packetRef) *stack.PacketBuf
 	return pkt
 }
 
-// deliverRef hands the packet of r to netstack as it is.
-func (e *Engine) deliverRef(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef) {
-	sh.stats.inc(cOut)
-	if r.pkt != nil {
-		e.next.DeliverNetworkPacket(proto, r.pkt)
-		return
-	}
-	pkt := newPacket(proto, r)
-	e.next.DeliverNetworkPacket(proto, pkt)
-	pkt.DecRef()
+// pending is a packet on its way to netstack: an ended session, or a
+// packet passed through as it is.
+type pending struct {
+	s     session // s.pkt goes up; s.cause is the flush cause or pass reason
+	proto tcpip.NetworkProtocolNumber
+	owned bool // the engine holds a reference to s.pkt, dropped after delivery
 }
 
-// deliverSession finalizes an ended session's packet, hands it to netstack
-// and drops the session's reference. A zero session is a no-op.
-func (e *Engine) deliverSession(sh *shard, f *session) {
-	if f.pkt == nil {
-		return
-	}
-	finalize(f)
-	sh.stats.inc(cOut)
-	sh.stats.inc(f.cause)
-	if f.segs > 1 {
-		sh.stats.inc(cMergedPackets)
-	}
+// sessionItem is an ended session's packet, whose reference the engine
+// owns.
+func sessionItem(f session, cause counter) pending {
+	f.cause = cause
 	proto := header.IPv4ProtocolNumber
 	if f.v6 {
 		proto = header.IPv6ProtocolNumber
 	}
-	e.next.DeliverNetworkPacket(proto, f.pkt)
-	f.pkt.DecRef()
-	f.pkt = nil
+	return pending{s: f, proto: proto, owned: true}
+}
+
+// passItem is the packet of r, delivered as it is. The caller's
+// PacketBuffer is borrowed; a receive-in-pages frame becomes a packet the
+// engine owns.
+func passItem(proto tcpip.NetworkProtocolNumber, r *packetRef, reason counter) pending {
+	if r.pkt != nil {
+		return pending{s: session{pkt: r.pkt, cause: reason}, proto: proto}
+	}
+	return pending{s: session{pkt: newPacket(proto, r), cause: reason}, proto: proto, owned: true}
+}
+
+// release unlocks sh and delivers items in order, after everything the
+// shard queued before them. One goroutine at a time drains a shard's queue
+// (as one CPU runs a Linux qdisc), so packets of one flow reach netstack in
+// the order the table produced them even when a Flush or an eviction on
+// another goroutine ended the flow's session. No lock is held while
+// netstack runs, and a delivery that re-enters the engine only queues.
+//
+// +checklocksrelease:sh.mu
+func (e *Engine) release(sh *shard, items []pending) {
+	if sh.draining {
+		for i := range items {
+			if it := &items[i]; !it.owned {
+				it.s.pkt.IncRef() // the caller's packet outlives the call
+				it.owned = true
+			}
+			sh.queue = append(sh.queue, items[i])
+		}
+		sh.mu.Unlock()
+		return
+	}
+	if len(items) == 0 {
+		sh.mu.Unlock()
+		return
+	}
+	sh.draining = true
+	sh.mu.Unlock()
+	for i := range items {
+		e.deliver(sh, &items[i])
+	}
+	e.drain(sh)
+}
+
+// drain delivers what other goroutines queued on sh while this one
+// delivered, until the queue is empty.
+func (e *Engine) drain(sh *shard) {
+	for {
+		var batch [flushBatch]pending
+		sh.mu.Lock()
+		n := copy(batch[:], sh.queue[sh.head:])
+		sh.head += n
+		if n == 0 {
+			clear(sh.queue)
+			sh.queue, sh.head, sh.draining = sh.queue[:0], 0, false
+			sh.mu.Unlock()
+			return
+		}
+		sh.mu.Unlock()
+		for i := range n {
+			e.deliver(sh, &batch[i])
+		}
+	}
+}
+
+// deliver finalizes a merged packet, hands it to netstack and drops the
+// engine's reference, if it has one.
+func (e *Engine) deliver(sh *shard, it *pending) {
+	finalize(&it.s)
+	sh.stats.inc(cOut)
+	sh.stats.inc(it.s.cause)
+	if it.s.segs > 1 {
+		sh.stats.inc(cMergedPackets)
+	}
+	e.next.DeliverNetworkPacket(it.proto, it.s.pkt)
+	if it.owned {
+		it.s.pkt.DecRef()
+	}
 }
 
 // flushAll delivers every held packet, a few at a time per shard so that
@@ -384,18 +444,14 @@ func (e *Engine) flushAll(cause counter) {
 		// New sessions may start while we deliver; stop after as many
 		// rounds as the shard has slots, so a busy shard cannot keep us.
 		for range len(sh.flows)/flushBatch + 1 {
-			var out [flushBatch]session
+			var out [flushBatch]pending
 			n := 0
 			sh.mu.Lock()
 			for n < len(out) && sh.oldest >= 0 {
-				out[n] = sh.remove(sh.oldest)
-				out[n].cause = cause
+				out[n] = sessionItem(sh.remove(sh.oldest), cause)
 				n++
 			}
-			sh.mu.Unlock()
-			for j := range n {
-				e.deliverSession(sh, &out[j])
-			}
+			e.release(sh, out[:n])
 			if n < len(out) {
 				break
 			}

@@ -90,12 +90,21 @@ type shard struct {
 	newest int32
 	// +checklocks:mu
 	n int
+	// queue holds packets to deliver, in order, while another goroutine
+	// is draining; queue[head:] are still to go.
+	// +checklocks:mu
+	queue []pending
+	// +checklocks:mu
+	head int
+	// +checklocks:mu
+	draining bool
 
 	stats counters
 }
 
 func (sh *shard) init(capacity int) {
 	sh.flows = make([]flow, capacity)
+	sh.queue = make([]pending, 0, flushBatch)
 	sh.buckets = make([]int32, nextPow2(2*capacity))
 	for i := range sh.buckets {
 		sh.buckets[i] = -1

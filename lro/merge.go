@@ -119,7 +119,7 @@ func (e *Engine) merge(f *session, s *segment, r *packetRef) {
 // or, under Resegmentable rules, a PSH or short segment ended the run as
 // it ends a GRO packet.
 func (e *Engine) done(f *session, s *segment) bool {
-	if f.segs >= e.cfg.MaxSegments {
+	if f.segs >= e.cfg.MaxSegments || e.closed.Load() {
 		return true
 	}
 	return e.cfg.Resegmentable && (f.psh || s.payload < f.mss)

@@ -108,6 +108,8 @@ type segment struct {
 	ttl     uint8
 	sum     uint16 // ones' complement sum of the payload, once verified
 	reason  counter
+	// fragment: an IPv4 first fragment; only hdr[:ipLen+4] is there.
+	fragment bool
 }
 
 // tcp returns the segment's TCP header.
@@ -139,11 +141,6 @@ func parseIPv4(r *packetRef, size int, s *segment) verdict {
 		s.reason = cPassNotTCP
 		return verdictPass
 	}
-	// No fragments (inet_lro lro_tcp_ip_check: a fragment never merges).
-	if ip.FragmentOffset() != 0 || ip.Flags()&header.IPv4FlagMoreFragments != 0 {
-		s.reason = cPassFragment
-		return verdictPass
-	}
 	s.v6 = false
 	s.ipLen = int(ip.HeaderLength())
 	s.tos, _ = ip.TOS()
@@ -151,7 +148,32 @@ func parseIPv4(r *packetRef, size int, s *segment) verdict {
 	s.key = flowKey{proto: 4}
 	copy(s.key.src[:], b[12:16])
 	copy(s.key.dst[:], b[16:20])
+	// No fragments (inet_lro lro_tcp_ip_check: a fragment never merges).
+	if ip.FragmentOffset() != 0 || ip.Flags()&header.IPv4FlagMoreFragments != 0 {
+		return parseFragment(r, ip, s)
+	}
 	return parseTCP(r, int(ip.TotalLength()), size, s)
+}
+
+// parseFragment names the flow of a first fragment by its ports, so that
+// the flow's held packet goes up before the fragment: the reassembled
+// segment must not overtake it. Later fragments name no flow; by the time
+// one completes a packet, the first fragment has flushed.
+func parseFragment(r *packetRef, ip header.IPv4, s *segment) verdict {
+	s.reason = cPassFragment
+	total := int(ip.TotalLength())
+	if ip.FragmentOffset() != 0 || s.ipLen+4 > total {
+		return verdictPass
+	}
+	b, ok := r.pullUp(s.ipLen + 4)
+	if !ok {
+		return verdictPass
+	}
+	s.hdr = b
+	s.fragment = true
+	s.key.ports = binary.BigEndian.Uint32(b[s.ipLen:])
+	s.key.link = r.linkID()
+	return verdictPassFlow
 }
 
 func parseIPv6(r *packetRef, size int, s *segment) verdict {

@@ -1,0 +1,48 @@
+// Package fdbased is a link endpoint over file descriptors that reads frames
+// in batches, hands them to the layer above as pooled views, and says where
+// each batch ends.
+//
+// It is netlro's NAPI poll. gVisor's own fdbased reads at most eight
+// messages per recvmmsg, builds a PacketBuffer for every frame and never
+// tells the layer above that a batch is over, so an LRO engine above it can
+// only guess when to flush. This endpoint reads everything an fd has ready,
+// up to Options.BatchSize frames (NAPI's budget), into views from gVisor's
+// buffer pool, one view per frame, and then:
+//
+//   - if the attached dispatcher is an lro.FragmentDispatcher, hands each
+//     frame over as a buffer.Buffer holding that one view ("receive in
+//     pages", inet_lro's lro_receive_frags), so no PacketBuffer is built for
+//     a segment that merges;
+//   - otherwise builds a PacketBuffer exactly as gVisor's fdbased does and
+//     calls DeliverNetworkPacket;
+//   - at the end of the batch, if the dispatcher is an lro.Flusher, calls
+//     Flush once (inet_lro's lro_flush_all at the end of a NAPI poll).
+//
+// The data path:
+//
+//	fd --recvmmsg/read--> views (one pooled chunk per frame)
+//	        --> parseFrame (oversized, runt, not for us, not IP: dropped and counted)
+//	        --> DeliverFragments or DeliverNetworkPacket, per frame
+//	        --> Flush, once per batch
+//
+// Supported fds: a SOCK_SEQPACKET or SOCK_DGRAM unix socket (one end of a
+// socketpair), an AF_PACKET socket, or a TAP device opened with
+// IFF_TAP|IFF_NO_PI (set Options.EthernetHeader) or a TUN device opened
+// with IFF_TUN|IFF_NO_PI. Sockets are read with recvmmsg and written with
+// sendmmsg; other fds are read with read until EAGAIN and written with
+// writev, one packet per call.
+//
+// Known limits:
+//
+//   - No GSO, neither host (virtio-net header) nor gVisor's: netstack
+//     segments before it writes.
+//   - A frame larger than the link header plus the MTU is dropped, never
+//     truncated or passed half-read. A view is the link header plus MTU plus
+//     one byte, so with an MTU above buffer.MaxChunkSize minus that, views
+//     no longer come from the pool and every frame allocates.
+//   - Writes use the fd chosen by the packet's hash, as gVisor's fdbased
+//     does; a full fd drops the packet (tcpip.ErrWouldBlock).
+//   - The endpoint never closes the fds it was given, as gVisor's fdbased
+//     does not: the caller keeps them open until Wait returns and closes
+//     them after.
+package fdbased

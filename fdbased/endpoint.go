@@ -1,0 +1,224 @@
+package fdbased
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// DefaultBatchSize is the number of frames read per batch when
+// Options.BatchSize is 0. It is NAPI's default budget (NAPI_POLL_WEIGHT).
+const DefaultBatchSize = 64
+
+// ErrInvalidOptions is wrapped by the error New returns for Options it
+// cannot use.
+var ErrInvalidOptions = errors.New("invalid options")
+
+// Options says which fds an Endpoint uses and how. The zero value is not
+// usable: FDs and MTU must be set.
+type Options struct {
+	// FDs are the file descriptors to read and write frames on. Each gets
+	// its own dispatch goroutine. New makes them non-blocking but does not
+	// take ownership: they must stay open until Wait returns after Close or
+	// Attach(nil), and the caller closes them.
+	//
+	// With several fds, the sender must keep each flow on one fd (for
+	// AF_PACKET sockets New joins them to one PACKET_FANOUT_HASH group),
+	// or TCP segments arrive reordered.
+	FDs []int
+
+	// MTU is the largest network-layer packet, without the link header.
+	MTU uint32
+
+	// EthernetHeader makes the endpoint read and write Ethernet frames
+	// (TAP, AF_PACKET) instead of bare IP packets (TUN, socketpair).
+	EthernetHeader bool
+
+	// Address is the endpoint's MAC address when EthernetHeader is set.
+	// Inbound frames are delivered only when addressed to it or to a
+	// group (multicast or broadcast) address, as in gVisor's fdbased.
+	Address tcpip.LinkAddress
+
+	// BatchSize is the most frames read in one batch, and so the most
+	// delivered between two calls to lro.Flusher.Flush. 0 means
+	// DefaultBatchSize.
+	BatchSize int
+
+	// RXChecksumOffload makes the endpoint report
+	// stack.CapabilityRXChecksumOffload, so that netstack does not verify
+	// checksums of inbound packets. Leave it false unless the fd's other
+	// end verified them; netlro's engine verifies what it merges.
+	RXChecksumOffload bool
+
+	// TXChecksumOffload makes the endpoint report
+	// stack.CapabilityTXChecksumOffload, so that netstack does not compute
+	// checksums of outbound packets. Only for a peer that does not check
+	// them.
+	TXChecksumOffload bool
+
+	// ClosedFunc, if not nil, is called when a dispatch loop ends on its
+	// own: with &tcpip.ErrClosedForReceive{} when the fd's peer closed its
+	// end, or with the error that reading failed with. It is not called
+	// when Attach(nil) or Close stops the loop. It runs on the dispatch
+	// goroutine, so it must not wait for Close, Attach(nil) or Wait to
+	// return.
+	ClosedFunc func(tcpip.Error)
+}
+
+// Endpoint is a stack.LinkEndpoint over file descriptors that reads frames
+// in batches and tells the dispatcher where each batch ends. New returns
+// one; its zero value is not usable.
+type Endpoint struct {
+	hdrSize   int // link header length: 0 or header.EthernetMinimumSize
+	batchSize int
+	caps      stack.LinkEndpointCapabilities
+	closedFn  func(tcpip.Error)
+
+	// mu guards the fields below it.
+	mu         sync.RWMutex
+	dispatcher stack.NetworkDispatcher
+	addr       tcpip.LinkAddress
+	mtu        uint32
+	onClose    func()
+
+	// attachMu serializes Attach and Close and guards the fields below it.
+	attachMu sync.Mutex
+	running  bool // dispatch goroutines were started and not yet waited on
+	isClosed bool
+
+	stopping atomic.Bool // set while the dispatch loops are being stopped
+	wg       sync.WaitGroup
+	stats    counters
+	sys      endpointSys // the platform's part: fds, readers, write state
+}
+
+var _ stack.LinkEndpoint = (*Endpoint)(nil)
+
+// New returns an Endpoint over opts.FDs as a stack.LinkEndpoint. It makes
+// the fds non-blocking and checks that each is a datagram, seqpacket or raw
+// socket or a non-socket such as a TAP device; a stream socket is refused
+// because it does not keep frame boundaries. Reading starts when Attach is
+// called. On platforms other than Linux it returns an error wrapping
+// errors.ErrUnsupported.
+func New(opts *Options) (stack.LinkEndpoint, error) {
+	e, err := newEndpoint(opts)
+	if err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// MTU implements stack.LinkEndpoint.MTU.
+func (e *Endpoint) MTU() uint32 {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.mtu
+}
+
+// SetMTU implements stack.LinkEndpoint.SetMTU. Dispatch loops size their
+// views for the new MTU from their next batch on.
+func (e *Endpoint) SetMTU(mtu uint32) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.mtu = mtu
+}
+
+// MaxHeaderLength implements stack.LinkEndpoint.MaxHeaderLength.
+func (e *Endpoint) MaxHeaderLength() uint16 {
+	return uint16(e.hdrSize)
+}
+
+// LinkAddress implements stack.LinkEndpoint.LinkAddress.
+func (e *Endpoint) LinkAddress() tcpip.LinkAddress {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.addr
+}
+
+// SetLinkAddress implements stack.LinkEndpoint.SetLinkAddress. Dispatch
+// loops filter on the new address from their next batch on.
+func (e *Endpoint) SetLinkAddress(addr tcpip.LinkAddress) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.addr = addr
+}
+
+// Capabilities implements stack.LinkEndpoint.Capabilities.
+func (e *Endpoint) Capabilities() stack.LinkEndpointCapabilities {
+	return e.caps
+}
+
+// IsAttached implements stack.LinkEndpoint.IsAttached.
+func (e *Endpoint) IsAttached() bool {
+	e.mu.RLock()
+	defer e.mu.RUnlock()
+	return e.dispatcher != nil
+}
+
+// Wait implements stack.LinkEndpoint.Wait: it waits for the dispatch
+// goroutines to stop, which they do after Attach(nil), Close, or when
+// their fd fails or its peer closes it.
+func (e *Endpoint) Wait() {
+	e.wg.Wait()
+}
+
+// ARPHardwareType implements stack.LinkEndpoint.ARPHardwareType.
+func (e *Endpoint) ARPHardwareType() header.ARPHardwareType {
+	if e.hdrSize > 0 {
+		return header.ARPHardwareEther
+	}
+	return header.ARPHardwareNone
+}
+
+// AddHeader implements stack.LinkEndpoint.AddHeader: with EthernetHeader
+// it pushes an Ethernet header, as gVisor's fdbased does.
+func (e *Endpoint) AddHeader(pkt *stack.PacketBuffer) {
+	if e.hdrSize == 0 {
+		return
+	}
+	eth := header.Ethernet(pkt.LinkHeader().Push(header.EthernetMinimumSize))
+	eth.Encode(&header.EthernetFields{
+		SrcAddr: pkt.EgressRoute.LocalLinkAddress,
+		DstAddr: pkt.EgressRoute.RemoteLinkAddress,
+		Type:    pkt.NetworkProtocolNumber,
+	})
+}
+
+// ParseHeader implements stack.LinkEndpoint.ParseHeader: with
+// EthernetHeader it consumes the Ethernet header and sets the packet's
+// network protocol from it, as gVisor's fdbased does.
+func (e *Endpoint) ParseHeader(pkt *stack.PacketBuffer) bool {
+	if e.hdrSize == 0 {
+		return true
+	}
+	hdr, ok := pkt.LinkHeader().Consume(e.hdrSize)
+	if !ok {
+		return false
+	}
+	pkt.NetworkProtocolNumber = header.Ethernet(hdr).Type()
+	return true
+}
+
+// SetOnCloseAction implements stack.LinkEndpoint.SetOnCloseAction. Close
+// runs action once the dispatch loops have stopped.
+func (e *Endpoint) SetOnCloseAction(action func()) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.onClose = action
+}
+
+// Stats returns a snapshot of the endpoint's counters.
+func (e *Endpoint) Stats() Stats {
+	return e.stats.snapshot()
+}
+
+// bufSize is the size of the view each frame is read into: the largest
+// frame the endpoint accepts plus one byte, so that a read that fills the
+// view is known to be oversized rather than exactly full.
+func (e *Endpoint) bufSize() int {
+	return e.hdrSize + int(e.MTU()) + 1
+}

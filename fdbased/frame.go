@@ -1,0 +1,128 @@
+package fdbased
+
+import (
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/netlro/netlro/lro"
+)
+
+// verdict is what parseFrame decided about a frame.
+type verdict uint8
+
+const (
+	verdictDeliver   verdict = iota // hand it to the dispatcher
+	verdictRunt                     // shorter than link header + IPv4 header
+	verdictOversized                // longer than link header + MTU, or truncated
+	verdictNotForUs                 // unicast to another MAC
+	verdictNotIP                    // no link header, IP version neither 4 nor 6
+	verdictDetached                 // read while dispatch was being stopped
+)
+
+// target is where one batch goes: the dispatcher, its optional netlro
+// interfaces, and what parseFrame needs. A dispatch loop loads it once per
+// batch, under the endpoint's lock, and uses it without the lock.
+type target struct {
+	d        stack.NetworkDispatcher
+	frag     lro.FragmentDispatcher // d, if it takes views
+	flush    lro.Flusher            // d, if it wants batch ends
+	addr     tcpip.LinkAddress
+	maxFrame int // link header + MTU
+	rxValid  bool
+}
+
+// loadTarget reads the dispatcher and the receive settings for one batch.
+func (e *Endpoint) loadTarget(t *target) {
+	e.mu.RLock()
+	t.d = e.dispatcher
+	t.addr = e.addr
+	t.maxFrame = e.hdrSize + int(e.mtu)
+	e.mu.RUnlock()
+	t.frag, _ = t.d.(lro.FragmentDispatcher)
+	t.flush, _ = t.d.(lro.Flusher)
+	t.rxValid = e.caps&stack.CapabilityRXChecksumOffload != 0
+}
+
+// parseFrame checks the link header of frame, the bytes a read returned,
+// and returns its network protocol, or why it must be dropped. hdrSize is
+// 0 or header.EthernetMinimumSize; truncated says the kernel had more of
+// the frame than it returned. It reads only within frame.
+func parseFrame(frame []byte, hdrSize, maxFrame int, truncated bool, addr tcpip.LinkAddress) (tcpip.NetworkProtocolNumber, verdict) {
+	if truncated || len(frame) > maxFrame {
+		return 0, verdictOversized
+	}
+	// The smallest packet worth a look is an IPv4 header; netstack checks
+	// the rest, as it does for frames from gVisor's fdbased.
+	if len(frame) < hdrSize+header.IPv4MinimumSize {
+		return 0, verdictRunt
+	}
+	if hdrSize == 0 {
+		switch header.IPVersion(frame) {
+		case header.IPv4Version:
+			return header.IPv4ProtocolNumber, verdictDeliver
+		case header.IPv6Version:
+			return header.IPv6ProtocolNumber, verdictDeliver
+		}
+		return 0, verdictNotIP
+	}
+	eth := header.Ethernet(frame)
+	// As gVisor's parseInboundHeader: RFC 9542 2.1, a destination whose
+	// first octet has its least significant bit set is a group address,
+	// sent to everyone.
+	dst := frame[:header.EthernetAddressSize]
+	if string(dst) != string(addr) && dst[0]&0x01 == 0 {
+		return 0, verdictNotForUs
+	}
+	return eth.Type(), verdictDeliver
+}
+
+// deliver hands the frame of n bytes read into v to t, or drops it and
+// counts why. truncated says the kernel cut the frame short. It returns
+// true if v was handed off, so the caller must read the next frame into a
+// new view; a dropped frame's view stays the caller's, as it was.
+func (e *Endpoint) deliver(t *target, v *buffer.View, n int, truncated bool, c *batchCount) bool {
+	if n > v.Size() { // cannot happen with a read into v; never index past it
+		n, truncated = v.Size(), true
+	}
+	c.frames++
+	c.bytes += uint64(n)
+	frame := v.AsSlice()[:n]
+	proto, verdict := parseFrame(frame, e.hdrSize, t.maxFrame, truncated, t.addr)
+	if verdict == verdictDeliver && t.d == nil {
+		verdict = verdictDetached
+	}
+	if verdict != verdictDeliver {
+		c.count(verdict)
+		return false
+	}
+	v.CapLength(n)
+	buf := buffer.MakeWithView(v)
+	if t.frag != nil {
+		t.frag.DeliverFragments(proto, e.hdrSize, buf)
+		return true
+	}
+	// As gVisor's recvMMsgDispatcher and parseInboundHeader.
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buf})
+	if e.hdrSize > 0 {
+		pkt.LinkHeader().Consume(e.hdrSize)
+	}
+	pkt.NetworkProtocolNumber = proto
+	pkt.RXChecksumValidated = t.rxValid
+	t.d.DeliverNetworkPacket(proto, pkt)
+	pkt.DecRef()
+	return true
+}
+
+// endBatch tells t that a batch is over and adds the batch's counts to the
+// endpoint's.
+func (e *Endpoint) endBatch(t *target, c *batchCount) {
+	if c.frames == 0 {
+		return
+	}
+	if t.flush != nil {
+		t.flush.Flush()
+	}
+	e.stats.add(c)
+}

@@ -1,0 +1,118 @@
+package fdbased
+
+import "sync/atomic"
+
+// Stats is a snapshot of an Endpoint's counters. Every frame read is
+// counted in Frames and Bytes and then either delivered or counted in
+// exactly one of the Dropped fields.
+type Stats struct {
+	// Frames is the number of frames read from the fds, dropped ones
+	// included.
+	Frames uint64
+	// Bytes is the number of bytes in those frames, link headers included.
+	// An oversized frame counts the bytes that were read of it.
+	Bytes uint64
+	// Batches is the number of batches that read at least one frame. Each
+	// ended with one call to lro.Flusher.Flush when the dispatcher is one.
+	Batches uint64
+
+	// DroppedRunt counts frames shorter than the link header plus a
+	// minimal IPv4 header.
+	DroppedRunt uint64
+	// DroppedOversized counts frames longer than the link header plus the
+	// MTU, or truncated by the kernel.
+	DroppedOversized uint64
+	// DroppedNotForUs counts Ethernet frames sent to another unicast MAC
+	// address.
+	DroppedNotForUs uint64
+	// DroppedNotIP counts frames without an Ethernet header whose IP
+	// version is neither 4 nor 6.
+	DroppedNotIP uint64
+	// DroppedDetached counts frames read while Attach(nil) or Close was
+	// stopping dispatch, when there was no dispatcher to give them to.
+	DroppedDetached uint64
+
+	// Written is the number of packets written to the fds.
+	Written uint64
+	// WriteErrors is the number of packets that failed to be written.
+	WriteErrors uint64
+}
+
+// MeanBatch returns the mean number of frames read per batch, or 0 before
+// the first batch.
+func (s Stats) MeanBatch() float64 {
+	if s.Batches == 0 {
+		return 0
+	}
+	return float64(s.Frames) / float64(s.Batches)
+}
+
+// Delivered returns the number of frames handed to the dispatcher.
+func (s Stats) Delivered() uint64 {
+	return s.Frames - s.DroppedRunt - s.DroppedOversized - s.DroppedNotForUs - s.DroppedNotIP - s.DroppedDetached
+}
+
+// counters are an Endpoint's live counters. Dispatch loops add a batch's
+// worth at a time, so they touch the shared atomics once per batch, not
+// once per frame.
+type counters struct {
+	frames, bytes, batches                                 atomic.Uint64
+	runt, oversized, notForUs, notIP, detached             atomic.Uint64
+	written, writeErrors                                   atomic.Uint64
+}
+
+// batchCount counts one batch on the dispatch goroutine, without atomics.
+type batchCount struct {
+	frames, bytes                          uint64
+	runt, oversized, notForUs, notIP, detached uint64
+}
+
+// add adds a finished batch to c.
+func (c *counters) add(b *batchCount) {
+	if b.frames == 0 {
+		return
+	}
+	c.batches.Add(1)
+	c.frames.Add(b.frames)
+	c.bytes.Add(b.bytes)
+	for _, f := range [...]struct {
+		n uint64
+		c *atomic.Uint64
+	}{{b.runt, &c.runt}, {b.oversized, &c.oversized}, {b.notForUs, &c.notForUs}, {b.notIP, &c.notIP}, {b.detached, &c.detached}} {
+		if f.n != 0 {
+			f.c.Add(f.n)
+		}
+	}
+}
+
+// count counts a frame that verdict v says is dropped.
+func (b *batchCount) count(v verdict) {
+	switch v {
+	case verdictRunt:
+		b.runt++
+	case verdictOversized:
+		b.oversized++
+	case verdictNotForUs:
+		b.notForUs++
+	case verdictNotIP:
+		b.notIP++
+	case verdictDetached:
+		b.detached++
+	}
+}
+
+// snapshot reads every counter.
+func (c *counters) snapshot() Stats {
+	return Stats{
+		Frames:           c.frames.Load(),
+		Bytes:            c.bytes.Load(),
+		Batches:          c.batches.Load(),
+		DroppedRunt:      c.runt.Load(),
+		DroppedOversized: c.oversized.Load(),
+		DroppedNotForUs:  c.notForUs.Load(),
+		DroppedNotIP:     c.notIP.Load(),
+		DroppedDetached:  c.detached.Load(),
+		Written:          c.written.Load(),
+		WriteErrors:      c.writeErrors.Load(),
+	}
+}

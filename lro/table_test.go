@@ -1,0 +1,227 @@
+package lro
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip/faketime"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/netlro/netlro/internal/testpacket"
+)
+
+// flowDigests returns, per flow (source port), the SHA-256 of the
+// concatenated payloads of the packets in out, checking every one's
+// checksums.
+func flowDigests(t *testing.T, out []delivered) map[uint16]string {
+	t.Helper()
+	m := map[uint16][]byte{}
+	for _, d := range out {
+		tcp, p, err := testpacket.Check(d.data)
+		require.NoError(t, err)
+		m[tcp.SourcePort()] = append(m[tcp.SourcePort()], p...)
+	}
+	return digests(m)
+}
+
+func digests(m map[uint16][]byte) map[uint16]string {
+	out := make(map[uint16]string, len(m))
+	for k, v := range m {
+		out[k] = fmt.Sprintf("%x", sha256.Sum256(v))
+	}
+	return out
+}
+
+func TestInterleavedFlows(t *testing.T) {
+	for _, v6 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("v6=%v", v6), func(t *testing.T) {
+			const flows, segs = 5, 20
+			rec := &recorder{}
+			e := newEngine(t, rec, Config{MaxFlows: 8})
+			want := map[uint16][]byte{}
+			streams := make([][][]byte, flows)
+			for f := range flows {
+				port := uint16(1000 + f)
+				payload := testpacket.Payload(uint64(f), segs*1000)
+				want[port] = payload
+				streams[f] = testpacket.Segments(testpacket.TCP{V6: v6, SrcPort: port}, payload, 1000)
+			}
+			for i := range segs {
+				for f := range flows {
+					feed(e, viaPacket, streams[f][i])
+				}
+			}
+			e.Flush()
+			out := rec.take()
+			assert.Len(t, out, flows, "each flow merged into one packet")
+			assert.Equal(t, digests(want), flowDigests(t, out))
+		})
+	}
+}
+
+func TestEviction(t *testing.T) {
+	rec := &recorder{}
+	e := newEngine(t, rec, Config{MaxFlows: 2, Shards: 1})
+	seg := func(port uint16, seq uint32) []byte {
+		return testpacket.TCP{SrcPort: port, Seq: seq, Payload: []byte("hello")}.Bytes()
+	}
+	feed(e, viaPacket, seg(1, 0))
+	feed(e, viaPacket, seg(2, 0))
+	feed(e, viaPacket, seg(1, 5)) // flow 1 stays the oldest session
+	feed(e, viaPacket, seg(3, 0)) // evicts flow 1
+	out := rec.take()
+	require.Len(t, out, 1)
+	tcp, p, err := testpacket.Check(out[0].data)
+	require.NoError(t, err)
+	assert.Equal(t, uint16(1), tcp.SourcePort())
+	assert.Equal(t, "hellohello", string(p))
+	assert.Equal(t, uint64(1), e.Stats().FlushEvict)
+	e.Flush()
+	assert.Len(t, rec.take(), 2)
+	assert.Zero(t, e.Stats().Held())
+}
+
+// TestFlowFlood sends far more flows than the table holds: the table never
+// grows and every byte still arrives.
+func TestFlowFlood(t *testing.T) {
+	rec := &recorder{}
+	e := newEngine(t, rec, Config{MaxFlows: 16})
+	const n = 5000
+	for i := range n {
+		feed(e, viaPacket, testpacket.TCP{SrcPort: uint16(i), DstPort: uint16(i >> 16), Payload: []byte{byte(i)}}.Bytes())
+	}
+	e.Flush()
+	out := rec.take()
+	assert.Len(t, out, n)
+	total := 0
+	for i := range e.shards {
+		total += len(e.shards[i].flows)
+	}
+	assert.Equal(t, 16, total)
+	assert.Equal(t, uint64(n-16), e.Stats().FlushEvict)
+}
+
+// TestLinkIdentity: the same 4-tuple from two link sources or two VLANs
+// is two flows (inet_lro keyed by addresses and ports only).
+func TestLinkIdentity(t *testing.T) {
+	eth := func(src byte, vlan uint16) []byte {
+		h := make([]byte, header.EthernetMinimumSize)
+		h[6+5] = src
+		h[12], h[13] = 0x08, 0x00
+		if vlan != 0 {
+			h = append(h[:12], 0x81, 0x00, byte(vlan>>8), byte(vlan), 0x08, 0x00)
+		}
+		return h
+	}
+	segs := stream(testpacket.TCP{}, []int{100}, 4, nil)
+	for _, tc := range []struct {
+		name string
+		a, b []byte
+	}{
+		{"link source", eth(1, 0), eth(2, 0)},
+		{"VLAN", eth(1, 10), eth(1, 20)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := &recorder{}
+			e := newEngine(t, rec, Config{})
+			for i, s := range segs {
+				l := tc.a
+				if i%2 == 1 {
+					l = tc.b
+				}
+				e.DeliverFragments(header.IPv4ProtocolNumber, len(l), buffer.MakeWithData(append(bytes.Clone(l), s...)))
+			}
+			e.Flush()
+			out := rec.take()
+			// Each link sees a gap, so nothing merges across links.
+			for _, d := range out {
+				_, p, err := testpacket.Check(d.data)
+				require.NoError(t, err)
+				assert.Len(t, p, 100)
+			}
+			assert.Len(t, out, 4)
+			assert.Equal(t, tc.a, out[0].link, "the link header is kept")
+		})
+	}
+}
+
+func TestFlushTimer(t *testing.T) {
+	clock := faketime.NewManualClock()
+	rec := &recorder{}
+	e := newEngine(t, rec, Config{FlushDelay: time.Millisecond, Clock: clock})
+	in := stream(testpacket.TCP{}, []int{100}, 3, nil)
+	for _, b := range in {
+		feed(e, viaPacket, b)
+	}
+	clock.Advance(999 * time.Microsecond)
+	assert.Empty(t, rec.take(), "held until the delay passes")
+	clock.Advance(time.Microsecond)
+	requirePartition(t, in, rec.take(), []int{3})
+	assert.Equal(t, uint64(1), e.Stats().FlushTimer)
+
+	// A Flush before the timer fires leaves it nothing to do, and the next
+	// hold arms it again.
+	more := stream(testpacket.TCP{Seq: 300}, []int{100}, 2, nil)
+	feed(e, viaPacket, more[0])
+	e.Flush()
+	assert.Len(t, rec.take(), 1)
+	clock.Advance(time.Millisecond)
+	feed(e, viaPacket, more[1])
+	clock.Advance(time.Millisecond)
+	assert.Len(t, rec.take(), 1)
+	assert.Equal(t, uint64(2), e.Stats().FlushTimer)
+	e.Close()
+}
+
+// TestCloseDeliversAndStopsHolding: after Close nothing is held.
+func TestCloseDeliversAndStopsHolding(t *testing.T) {
+	rec := &recorder{}
+	e := newEngine(t, rec, Config{})
+	in := stream(testpacket.TCP{}, []int{100}, 4, nil)
+	feed(e, viaPacket, in[0])
+	feed(e, viaPacket, in[1])
+	e.Close()
+	feed(e, viaPacket, in[2])
+	feed(e, viaFragments, in[3])
+	assert.Len(t, rec.take(), 3)
+	assert.Zero(t, e.Stats().Held())
+}
+
+// TestConcurrentDeliverers runs one flow per goroutine with Flush calls
+// from another, under the race detector: every byte arrives, in order.
+func TestConcurrentDeliverers(t *testing.T) {
+	const workers, segs = 4, 300
+	rec := &recorder{}
+	e := newEngine(t, rec, Config{MaxFlows: 8, FlushDelay: 50 * time.Microsecond})
+	want := map[uint16][]byte{}
+	streams := make([][][]byte, workers)
+	for w := range workers {
+		port := uint16(2000 + w)
+		want[port] = testpacket.Payload(uint64(w), segs*500)
+		streams[w] = testpacket.Segments(testpacket.TCP{V6: w%2 == 1, SrcPort: port}, want[port], 500)
+	}
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i, b := range streams[w] {
+				feed(e, path(i%2), b)
+				if i%17 == 0 {
+					e.Flush()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	e.Close()
+	assert.Equal(t, digests(want), flowDigests(t, rec.take()))
+	st := e.Stats()
+	assert.Equal(t, uint64(workers*segs), st.PacketsIn)
+	assert.Zero(t, st.Held())
+}
