@@ -56,14 +56,14 @@ func (s Stats) Delivered() uint64 {
 // worth at a time, so they touch the shared atomics once per batch, not
 // once per frame.
 type counters struct {
-	frames, bytes, batches                                 atomic.Uint64
-	runt, oversized, notForUs, notIP, detached             atomic.Uint64
-	written, writeErrors                                   atomic.Uint64
+	frames, bytes, batches                     atomic.Uint64
+	runt, oversized, notForUs, notIP, detached atomic.Uint64
+	written, writeErrors                       atomic.Uint64
 }
 
 // batchCount counts one batch on the dispatch goroutine, without atomics.
 type batchCount struct {
-	frames, bytes                          uint64
+	frames, bytes                              uint64
 	runt, oversized, notForUs, notIP, detached uint64
 }
 

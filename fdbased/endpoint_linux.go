@@ -1,0 +1,232 @@
+//go:build linux
+
+package fdbased
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/rawfile"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	gfdbased "gvisor.dev/gvisor/pkg/tcpip/link/fdbased"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// maxBatchSize is the most messages one recvmmsg or sendmmsg takes: the
+// kernel caps vlen at UIO_MAXIOV.
+const maxBatchSize = rawfile.MaxIovs
+
+// endpointSys is the Linux part of an Endpoint.
+type endpointSys struct {
+	links []link
+	// stopFD is an eventfd that is readable while dispatch is being
+	// stopped; every dispatch loop polls it with its fd.
+	stopFD int
+	tx     writer
+}
+
+// link is one fd the endpoint reads and writes.
+type link struct {
+	fd       int
+	isSocket bool
+	r        *reader // reads fd; used only by fd's dispatch goroutine
+}
+
+// newEndpoint checks opts and builds an Endpoint, with every buffer the
+// dispatch loops need except the views, which they take on their first
+// batch.
+func newEndpoint(opts *Options) (*Endpoint, error) {
+	if err := checkOptions(opts); err != nil {
+		return nil, err
+	}
+	e := &Endpoint{
+		batchSize: opts.BatchSize,
+		closedFn:  opts.ClosedFunc,
+		addr:      opts.Address,
+		mtu:       opts.MTU,
+	}
+	if e.batchSize == 0 {
+		e.batchSize = DefaultBatchSize
+	}
+	if opts.EthernetHeader {
+		e.hdrSize = header.EthernetMinimumSize
+		e.caps |= stack.CapabilityResolutionRequired
+	}
+	if opts.RXChecksumOffload {
+		e.caps |= stack.CapabilityRXChecksumOffload
+	}
+	if opts.TXChecksumOffload {
+		e.caps |= stack.CapabilityTXChecksumOffload
+	}
+	for _, fd := range opts.FDs {
+		isSocket, err := checkFD(fd)
+		if err != nil {
+			return nil, err
+		}
+		e.sys.links = append(e.sys.links, link{fd: fd, isSocket: isSocket})
+	}
+	if err := joinFanout(e.sys.links); err != nil {
+		return nil, err
+	}
+	stopFD, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("fdbased: eventfd: %w", err)
+	}
+	e.sys.stopFD = stopFD
+	for i := range e.sys.links {
+		l := &e.sys.links[i]
+		l.r = newReader(e, l.fd, l.isSocket, stopFD, e.batchSize)
+	}
+	return e, nil
+}
+
+// checkOptions says what is wrong with opts, if anything.
+func checkOptions(opts *Options) error {
+	switch {
+	case opts == nil:
+		return fmt.Errorf("fdbased: nil options: %w", ErrInvalidOptions)
+	case len(opts.FDs) == 0:
+		return fmt.Errorf("fdbased: no FDs: %w", ErrInvalidOptions)
+	case opts.MTU == 0:
+		return fmt.Errorf("fdbased: MTU 0: %w", ErrInvalidOptions)
+	case opts.BatchSize < 0 || opts.BatchSize > maxBatchSize:
+		return fmt.Errorf("fdbased: BatchSize %d not in [0, %d]: %w", opts.BatchSize, maxBatchSize, ErrInvalidOptions)
+	case opts.EthernetHeader && opts.Address != "" && len(opts.Address) != header.EthernetAddressSize:
+		return fmt.Errorf("fdbased: Address %q is %d bytes, want %d: %w", opts.Address, len(opts.Address), header.EthernetAddressSize, ErrInvalidOptions)
+	}
+	return nil
+}
+
+// checkFD makes fd non-blocking and reports whether it is a socket. It
+// refuses sockets that do not keep frame boundaries.
+func checkFD(fd int) (isSocket bool, err error) {
+	if err := unix.SetNonblock(fd, true); err != nil {
+		return false, fmt.Errorf("fdbased: fd %d: set non-blocking: %w", fd, err)
+	}
+	typ, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TYPE)
+	if errors.Is(err, unix.ENOTSOCK) {
+		return false, nil // a TAP or TUN device, a pipe, a character device
+	}
+	if err != nil {
+		return false, fmt.Errorf("fdbased: fd %d: getsockopt SO_TYPE: %w", fd, err)
+	}
+	switch typ {
+	case unix.SOCK_DGRAM, unix.SOCK_SEQPACKET, unix.SOCK_RAW:
+		return true, nil
+	}
+	return false, fmt.Errorf("fdbased: fd %d: socket type %d does not keep frame boundaries: %w", fd, typ, ErrInvalidOptions)
+}
+
+// joinFanout puts several AF_PACKET sockets in one PACKET_FANOUT_HASH
+// group, so that the kernel keeps each flow on one of them, as gVisor's
+// fdbased does. One socket needs no group.
+func joinFanout(links []link) error {
+	if len(links) < 2 {
+		return nil
+	}
+	id := int32(-1)
+	for _, l := range links {
+		isPacket, err := gfdbased.IsPacketSocket(l.fd, l.isSocket)
+		if err != nil {
+			return fmt.Errorf("fdbased: fd %d: %w", l.fd, err)
+		}
+		if !isPacket {
+			continue
+		}
+		if id < 0 {
+			id, err = gfdbased.CreatePacketFanoutGroup(l.fd)
+		} else {
+			err = gfdbased.JoinPacketFanoutGroup(l.fd, id)
+		}
+		if err != nil {
+			return fmt.Errorf("fdbased: fd %d: PACKET_FANOUT: %w", l.fd, err)
+		}
+	}
+	return nil
+}
+
+// Attach implements stack.LinkEndpoint.Attach. A dispatcher starts one
+// dispatch goroutine per fd, or, if they run, replaces the dispatcher
+// from their next batch on. nil stops them, waits until they have
+// returned every view, and leaves the endpoint ready to be attached again.
+// After Close, Attach does nothing.
+func (e *Endpoint) Attach(dispatcher stack.NetworkDispatcher) {
+	e.attachMu.Lock()
+	defer e.attachMu.Unlock()
+	if dispatcher == nil {
+		e.stopLocked()
+		return
+	}
+	if e.isClosed {
+		return
+	}
+	e.mu.Lock()
+	e.dispatcher = dispatcher
+	e.mu.Unlock()
+	if e.running {
+		return
+	}
+	e.running = true
+	for i := range e.sys.links {
+		e.wg.Add(1)
+		go e.dispatchLoop(&e.sys.links[i])
+	}
+}
+
+// Close implements stack.LinkEndpoint.Close. It stops the dispatch
+// goroutines, waits for them, runs the action given to SetOnCloseAction,
+// and releases what the endpoint allocated. It does not close the fds it
+// was given.
+func (e *Endpoint) Close() {
+	e.attachMu.Lock()
+	defer e.attachMu.Unlock()
+	if e.isClosed {
+		return
+	}
+	e.stopLocked()
+	e.isClosed = true
+	unix.Close(e.sys.stopFD)
+	e.mu.Lock()
+	action := e.onClose
+	e.onClose = nil
+	e.mu.Unlock()
+	if action != nil {
+		action()
+	}
+}
+
+// stopLocked detaches the dispatcher, then stops the dispatch goroutines
+// and waits for them.
+//
+// Precondition: e.attachMu is held.
+func (e *Endpoint) stopLocked() {
+	e.mu.Lock()
+	e.dispatcher = nil
+	e.mu.Unlock()
+	if !e.running {
+		return
+	}
+	e.stopping.Store(true)
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	if _, err := unix.Write(e.sys.stopFD, one[:]); err != nil {
+		// The eventfd is ours and counts far below its limit.
+		panic(fmt.Sprintf("fdbased: write eventfd: %v", err))
+	}
+	e.wg.Wait()
+	var drain [8]byte
+	unix.Read(e.sys.stopFD, drain[:]) // back to not readable, for the next Attach
+	e.stopping.Store(false)
+	e.running = false
+}
+
+// dispatchLoop reads and dispatches batches from l until dispatch is
+// stopped or the fd fails.
+func (e *Endpoint) dispatchLoop(l *link) {
+	defer e.wg.Done()
+	if err := l.r.run(); err != nil && e.closedFn != nil && !e.stopping.Load() {
+		e.closedFn(err)
+	}
+}
