@@ -375,8 +375,18 @@ func passItem(proto tcpip.NetworkProtocolNumber, r *packetRef, reason counter) p
 // another goroutine ended the flow's session. No lock is held while
 // netstack runs, and a delivery that re-enters the engine only queues.
 //
+// Every item gets a queue position, delivered inline or not, so that
+// release returns 0 if the items were delivered, or the position that
+// the draining goroutine must reach for them, and everything removed from
+// the table before them, to be.
+//
 // +checklocksrelease:sh.mu
-func (e *Engine) release(sh *shard, items []pending) {
+func (e *Engine) release(sh *shard, items []pending) uint64 {
+	if len(items) == 0 && !sh.draining {
+		sh.mu.Unlock()
+		return 0
+	}
+	sh.queued += uint64(len(items))
 	if sh.draining {
 		for i := range items {
 			if it := &items[i]; !it.owned {
@@ -385,28 +395,32 @@ func (e *Engine) release(sh *shard, items []pending) {
 			}
 			sh.queue = append(sh.queue, items[i])
 		}
+		target := sh.queued
 		sh.mu.Unlock()
-		return
-	}
-	if len(items) == 0 {
-		sh.mu.Unlock()
-		return
+		return target
 	}
 	sh.draining = true
 	sh.mu.Unlock()
 	for i := range items {
 		e.deliver(sh, &items[i])
 	}
-	e.drain(sh)
+	sh.mu.Lock()
+	e.drain(sh, len(items))
+	return 0
 }
 
-// drain delivers what other goroutines queued on sh while this one
-// delivered, until the queue is empty.
-func (e *Engine) drain(sh *shard) {
+// drain records n delivered packets, then delivers what other goroutines
+// queued on sh meanwhile, until the queue is empty.
+//
+// +checklocksrelease:sh.mu
+func (e *Engine) drain(sh *shard, n int) {
+	var batch [flushBatch]pending
 	for {
-		var batch [flushBatch]pending
-		sh.mu.Lock()
-		n := copy(batch[:], sh.queue[sh.head:])
+		sh.drained += uint64(n)
+		if sh.waiters > 0 {
+			sh.progress.Broadcast()
+		}
+		n = copy(batch[:], sh.queue[sh.head:])
 		sh.head += n
 		if n == 0 {
 			clear(sh.queue)
@@ -418,7 +432,24 @@ func (e *Engine) drain(sh *shard) {
 		for i := range n {
 			e.deliver(sh, &batch[i])
 		}
+		clear(batch[:n])
+		sh.mu.Lock()
 	}
+}
+
+// waitDrained blocks until the draining goroutine has delivered the queue
+// up to position target (from release).
+func (e *Engine) waitDrained(sh *shard, target uint64) {
+	if target == 0 {
+		return
+	}
+	sh.mu.Lock()
+	sh.waiters++
+	for sh.drained < target {
+		sh.progress.Wait()
+	}
+	sh.waiters--
+	sh.mu.Unlock()
 }
 
 // deliver finalizes a merged packet, hands it to netstack and drops the
@@ -437,7 +468,9 @@ func (e *Engine) deliver(sh *shard, it *pending) {
 }
 
 // flushAll delivers every held packet, a few at a time per shard so that
-// the lock is never held while netstack runs.
+// the lock is never held while netstack runs. When it returns, every
+// packet held at the call has reached netstack, also those that another
+// goroutine, draining the shard's queue, delivered for it.
 func (e *Engine) flushAll(cause counter) {
 	for i := range e.shards {
 		sh := &e.shards[i]
@@ -451,7 +484,7 @@ func (e *Engine) flushAll(cause counter) {
 				out[n] = sessionItem(sh.remove(sh.oldest), cause)
 				n++
 			}
-			e.release(sh, out[:n])
+			e.waitDrained(sh, e.release(sh, out[:n]))
 			if n < len(out) {
 				break
 			}

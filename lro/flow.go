@@ -98,6 +98,16 @@ type shard struct {
 	head int
 	// +checklocks:mu
 	draining bool
+	// queued counts packets ever queued, drained those the draining
+	// goroutine delivered; Flush waits on progress for drained to pass
+	// what it queued.
+	// +checklocks:mu
+	queued uint64
+	// +checklocks:mu
+	drained uint64
+	// +checklocks:mu
+	waiters  int
+	progress sync.Cond
 
 	stats counters
 }
@@ -105,6 +115,7 @@ type shard struct {
 func (sh *shard) init(capacity int) {
 	sh.flows = make([]flow, capacity)
 	sh.queue = make([]pending, 0, flushBatch)
+	sh.progress.L = &sh.mu
 	sh.buckets = make([]int32, nextPow2(2*capacity))
 	for i := range sh.buckets {
 		sh.buckets[i] = -1
