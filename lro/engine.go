@@ -181,9 +181,9 @@ func (e *Engine) DeliverLinkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack
 // only for a packet that passes through or starts a session; a segment
 // that merges costs its views only.
 func (e *Engine) DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderLen int, buf buffer.Buffer) {
-	r := packetRef{buf: &buf, off: linkHeaderLen}
+	r := packetRef{buf: buf, off: linkHeaderLen}
 	e.handle(proto, &r)
-	buf.Release() // whatever was not moved into a packet
+	r.buf.Release() // whatever was not moved into a packet
 }
 
 // Flush implements Flusher: it delivers every held packet (inet_lro
@@ -330,8 +330,8 @@ func (e *Engine) hold(f *session, proto tcpip.NetworkProtocolNumber, r *packetRe
 // fdbased does: the frame is the payload and the link header is consumed.
 // The frame's views move into the packet.
 func newPacket(proto tcpip.NetworkProtocolNumber, r *packetRef) *stack.PacketBuffer {
-	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: *r.buf})
-	*r.buf = buffer.Buffer{} // the packet owns the views now
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: r.buf})
+	r.buf = buffer.Buffer{} // the packet owns the views now
 	if r.off > 0 {
 		pkt.LinkHeader().Consume(r.off)
 	}

@@ -147,3 +147,5 @@ func ipLen(b []byte) int {
 	}
 	return int(header.IPv4(b).HeaderLength())
 }
+
+func bufferOf(b []byte) buffer.Buffer { return buffer.MakeWithData(b) }

@@ -104,7 +104,7 @@ func (e *Engine) merge(f *session, s *segment, r *packetRef) {
 		f.pkt.Data().Merge(r.pkt.Data())
 	} else {
 		r.buf.TrimFront(int64(r.off + hdrLen))
-		f.pkt.Data().MergeBuffer(r.buf)
+		f.pkt.Data().MergeBuffer(&r.buf)
 	}
 	f.sum = addPayloadSum(f.sum, s.sum, f.payload)
 	f.segs++

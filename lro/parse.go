@@ -13,7 +13,9 @@ import (
 // DeliverNetworkPacket path, or a bare buffer on the receive-in-pages path.
 type packetRef struct {
 	pkt *stack.PacketBuffer
-	buf *buffer.Buffer
+	// buf is the frame when pkt is nil. It is held by value: a pointer
+	// would share pkt's escape and move every frame's Buffer to the heap.
+	buf buffer.Buffer
 	off int // offset of the network header in buf
 }
 

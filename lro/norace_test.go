@@ -1,0 +1,5 @@
+//go:build !race
+
+package lro
+
+const raceEnabled = false
