@@ -87,12 +87,12 @@ func (r *reader) run() tcpip.Error {
 // dispatch is stopped (with a nil error) or the fd failed (with the
 // error). EINTR is retried; EAGAIN is waited on.
 func (r *reader) read() (int, tcpip.Error) {
-	r.refill()
 	hup := false
 	for {
 		if r.e.stopping.Load() {
 			return 0, nil
 		}
+		r.refill() // again after a wait: the MTU may have changed
 		n, errno := r.readReady()
 		if n > 0 {
 			return n, nil
@@ -216,7 +216,7 @@ func (r *reader) dispatch(n int) (eof bool) {
 	return eof
 }
 
-// refill gives every message of the next batch a view: it replaces the
+// refill gives every message of the next read a view: it replaces the
 // views the last batch handed off, and all of them if the MTU changed.
 func (r *reader) refill() {
 	if size := r.e.bufSize(); size != r.size {
