@@ -324,6 +324,9 @@ func (e *Engine) hold(f *session, proto tcpip.NetworkProtocolNumber, r *packetRe
 		f.pkt = newPacket(proto, r)
 	}
 	e.start(f, s)
+	// The headers are rewritten at flush: they must not be shared. A
+	// chunk from a link endpoint is not, and then this copies nothing.
+	f.hdr, _ = pullUpWritable(f.pkt, nil, 0, s.ipLen+s.tcpLen)
 }
 
 // newPacket builds a PacketBuffer from a receive-in-pages frame as gVisor's

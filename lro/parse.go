@@ -19,12 +19,27 @@ type packetRef struct {
 	off int // offset of the network header in buf
 }
 
-// pullUp returns the first n bytes from the network header on, contiguous.
+// pullUp returns the first n bytes from the network header on, contiguous,
+// for reading. A link endpoint reads a frame into one view, so the bytes
+// are nearly always there already; otherwise the views are pulled up.
 func (r *packetRef) pullUp(n int) ([]byte, bool) {
-	if r.pkt != nil {
-		return r.pkt.Data().PullUp(n)
+	l, off := r.views()
+	if v := l.Front(); v != nil {
+		if b := v.AsSlice(); n >= 0 && off+n <= len(b) {
+			return b[off : off+n], true
+		}
 	}
-	v, ok := r.buf.PullUp(r.off, n)
+	return pullUpWritable(r.pkt, &r.buf, r.off, n)
+}
+
+// pullUpWritable returns the first n bytes from the network header on of
+// pkt, or of buf at off if pkt is nil, contiguous and safe to write: a
+// chunk shared with another buffer is copied first.
+func pullUpWritable(pkt *stack.PacketBuffer, buf *buffer.Buffer, off, n int) ([]byte, bool) {
+	if pkt != nil {
+		return pkt.Data().PullUp(n)
+	}
+	v, ok := buf.PullUp(off, n)
 	return v.AsSlice(), ok
 }
 
