@@ -21,6 +21,9 @@ const (
 	DefaultFlushDelay  = 100 * time.Microsecond // about one netstack batch
 )
 
+// minFlowsPerShard is the smallest shard the default Config makes.
+const minFlowsPerShard = 16
+
 // ErrInvalidConfig is wrapped by the error New returns for a Config it
 // cannot use.
 var ErrInvalidConfig = errors.New("invalid config")
@@ -56,8 +59,9 @@ type Config struct {
 	// lower endpoint that always ends its batches with Flush.
 	FlushDelay time.Duration
 	// Shards is the number of independently locked parts of the flow
-	// table, rounded up to a power of two. 0 means one per CPU, at most
-	// MaxFlows. Each shard holds MaxFlows/Shards sessions.
+	// table, rounded up to a power of two. 0 means one per CPU where each
+	// shard then holds at least 16 sessions, else one. Each shard holds
+	// MaxFlows/Shards sessions.
 	Shards int
 	// Clock runs the flush timer. nil means the system clock.
 	Clock tcpip.Clock
@@ -84,7 +88,9 @@ func (c Config) withDefaults() (Config, error) {
 		c.FlushDelay = DefaultFlushDelay
 	}
 	if c.Shards == 0 {
-		c.Shards = min(runtime.GOMAXPROCS(0), c.MaxFlows)
+		// One shard per CPU, but only where each can hold enough
+		// sessions: flows hash unevenly, and a small shard thrashes.
+		c.Shards = max(1, min(runtime.GOMAXPROCS(0), c.MaxFlows/minFlowsPerShard))
 	}
 	c.Shards = nextPow2(c.Shards)
 	if c.Shards > c.MaxFlows {

@@ -139,7 +139,7 @@ func TestClaimChecksumOffload(t *testing.T) {
 					assert.Equal(t, want.DropUnverifiable, got.DropUnverifiable)
 					return
 				}
-				require.Len(t, out, 1)
+				require.Equal(t, 1, len(out))
 				assert.Equal(t, tt.pkt, out[0].data)
 				assert.Zero(t, e.Stats().Dropped())
 			})
@@ -159,7 +159,7 @@ func TestDefaultModeDropsNothing(t *testing.T) {
 		e := newEngine(t, rec, Config{})
 		feed(e, viaPacket, b)
 		out := rec.take()
-		require.Len(t, out, 1)
+		require.Equal(t, 1, len(out))
 		assert.Equal(t, b, out[0].data)
 		assert.Zero(t, e.Stats().Dropped())
 	}

@@ -60,7 +60,7 @@ func TestInterleavedFlows(t *testing.T) {
 			}
 			e.Flush()
 			out := rec.take()
-			assert.Len(t, out, flows, "each flow merged into one packet")
+			assert.Equal(t, flows, len(out), "each flow merged into one packet")
 			assert.Equal(t, digests(want), flowDigests(t, out))
 		})
 	}
@@ -77,14 +77,14 @@ func TestEviction(t *testing.T) {
 	feed(e, viaPacket, seg(1, 5)) // flow 1 stays the oldest session
 	feed(e, viaPacket, seg(3, 0)) // evicts flow 1
 	out := rec.take()
-	require.Len(t, out, 1)
+	require.Equal(t, 1, len(out))
 	tcp, p, err := testpacket.Check(out[0].data)
 	require.NoError(t, err)
 	assert.Equal(t, uint16(1), tcp.SourcePort())
 	assert.Equal(t, "hellohello", string(p))
 	assert.Equal(t, uint64(1), e.Stats().FlushEvict)
 	e.Flush()
-	assert.Len(t, rec.take(), 2)
+	assert.Equal(t, 2, len(rec.take()))
 	assert.Zero(t, e.Stats().Held())
 }
 
@@ -99,7 +99,7 @@ func TestFlowFlood(t *testing.T) {
 	}
 	e.Flush()
 	out := rec.take()
-	assert.Len(t, out, n)
+	assert.Equal(t, n, len(out))
 	total := 0
 	for i := range e.shards {
 		total += len(e.shards[i].flows)
@@ -144,9 +144,9 @@ func TestLinkIdentity(t *testing.T) {
 			for _, d := range out {
 				_, p, err := testpacket.Check(d.data)
 				require.NoError(t, err)
-				assert.Len(t, p, 100)
+				assert.Equal(t, 100, len(p))
 			}
-			assert.Len(t, out, 4)
+			assert.Equal(t, 4, len(out))
 			assert.Equal(t, tc.a, out[0].link, "the link header is kept")
 		})
 	}
@@ -171,11 +171,11 @@ func TestFlushTimer(t *testing.T) {
 	more := stream(testpacket.TCP{Seq: 300}, []int{100}, 2, nil)
 	feed(e, viaPacket, more[0])
 	e.Flush()
-	assert.Len(t, rec.take(), 1)
+	assert.Equal(t, 1, len(rec.take()))
 	clock.Advance(time.Millisecond)
 	feed(e, viaPacket, more[1])
 	clock.Advance(time.Millisecond)
-	assert.Len(t, rec.take(), 1)
+	assert.Equal(t, 1, len(rec.take()))
 	assert.Equal(t, uint64(2), e.Stats().FlushTimer)
 	e.Close()
 }
@@ -190,38 +190,47 @@ func TestCloseDeliversAndStopsHolding(t *testing.T) {
 	e.Close()
 	feed(e, viaPacket, in[2])
 	feed(e, viaFragments, in[3])
-	assert.Len(t, rec.take(), 3)
+	assert.Equal(t, 3, len(rec.take()))
 	assert.Zero(t, e.Stats().Held())
 }
 
 // TestConcurrentDeliverers runs one flow per goroutine with Flush calls
-// from another, under the race detector: every byte arrives, in order.
+// from every goroutine and a flush timer, under the race detector: every
+// byte arrives, in order, with one table lock or several.
 func TestConcurrentDeliverers(t *testing.T) {
-	const workers, segs = 4, 300
-	rec := &recorder{}
-	e := newEngine(t, rec, Config{MaxFlows: 8, FlushDelay: 50 * time.Microsecond})
-	want := map[uint16][]byte{}
-	streams := make([][][]byte, workers)
-	for w := range workers {
-		port := uint16(2000 + w)
-		want[port] = testpacket.Payload(uint64(w), segs*500)
-		streams[w] = testpacket.Segments(testpacket.TCP{V6: w%2 == 1, SrcPort: port}, want[port], 500)
-	}
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Go(func() {
-			for i, b := range streams[w] {
-				feed(e, path(i%2), b)
-				if i%17 == 0 {
-					e.Flush()
-				}
+	for _, cfg := range []Config{
+		{MaxFlows: 8, FlushDelay: 50 * time.Microsecond},
+		{MaxFlows: 64, Shards: 4, FlushDelay: 50 * time.Microsecond},
+		{MaxFlows: 4, Shards: 2}, // evictions across goroutines
+	} {
+		t.Run(fmt.Sprintf("flows=%d/shards=%d", cfg.MaxFlows, cfg.Shards), func(t *testing.T) {
+			const workers, segs = 4, 300
+			rec := &recorder{}
+			e := newEngine(t, rec, cfg)
+			want := map[uint16][]byte{}
+			streams := make([][][]byte, workers)
+			for w := range workers {
+				port := uint16(2000 + w)
+				want[port] = testpacket.Payload(uint64(w), segs*500)
+				streams[w] = testpacket.Segments(testpacket.TCP{V6: w%2 == 1, SrcPort: port}, want[port], 500)
 			}
+			var wg sync.WaitGroup
+			for w := range workers {
+				wg.Go(func() {
+					for i, b := range streams[w] {
+						feed(e, path(i%2), b)
+						if i%17 == 0 {
+							e.Flush()
+						}
+					}
+				})
+			}
+			wg.Wait()
+			e.Close()
+			assert.Equal(t, digests(want), flowDigests(t, rec.take()))
+			st := e.Stats()
+			assert.Equal(t, uint64(workers*segs), st.PacketsIn)
+			assert.Zero(t, st.Held())
 		})
 	}
-	wg.Wait()
-	e.Close()
-	assert.Equal(t, digests(want), flowDigests(t, rec.take()))
-	st := e.Stats()
-	assert.Equal(t, uint64(workers*segs), st.PacketsIn)
-	assert.Zero(t, st.Held())
 }
