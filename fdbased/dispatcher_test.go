@@ -8,6 +8,13 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
+// MAC addresses of the tests' frames.
+var (
+	ourMAC   = tcpip.LinkAddress("\x02\x00\x00\x00\x00\x01")
+	peerMAC  = tcpip.LinkAddress("\x02\x00\x00\x00\x00\x02")
+	otherMAC = tcpip.LinkAddress("\x02\x00\x00\x00\x00\x03")
+)
+
 // Fake dispatchers for the two delivery paths. Each records what it got,
 // in order, with batch ends among the frames.
 

@@ -16,12 +16,6 @@ import (
 // measure of speed.
 const waitLimit = 10 * time.Second
 
-var (
-	ourMAC   = tcpip.LinkAddress("\x02\x00\x00\x00\x00\x01")
-	peerMAC  = tcpip.LinkAddress("\x02\x00\x00\x00\x00\x02")
-	otherMAC = tcpip.LinkAddress("\x02\x00\x00\x00\x00\x03")
-)
-
 // socketPair returns two connected unix sockets of type typ, closed when
 // the test ends: ours for the endpoint, the peer for the test.
 func socketPair(t testing.TB, typ int) (ours, peer int) {

@@ -1,0 +1,190 @@
+package fdbased
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/rawfile"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// countingDispatcher counts frames and says when a target is reached,
+// allocating nothing, so that what allocation tests and benchmarks see is
+// the endpoint's.
+type countingDispatcher struct {
+	frames  atomic.Uint64
+	batches atomic.Uint64
+	target  atomic.Uint64
+	done    chan struct{}
+}
+
+func newCountingDispatcher() *countingDispatcher {
+	return &countingDispatcher{done: make(chan struct{}, 1)}
+}
+
+func (d *countingDispatcher) got() {
+	if d.frames.Add(1) == d.target.Load() {
+		select {
+		case d.done <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// DeliverNetworkPacket counts pkt; the caller keeps its reference.
+func (d *countingDispatcher) DeliverNetworkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {
+	d.got()
+}
+
+// DeliverLinkPacket is never called by the endpoints under test.
+func (d *countingDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
+
+// countingFragDispatcher takes views and ends batches, as lro.Engine does.
+type countingFragDispatcher struct{ *countingDispatcher }
+
+func (d countingFragDispatcher) DeliverFragments(_ tcpip.NetworkProtocolNumber, _ int, buf buffer.Buffer) {
+	buf.Release()
+	d.got()
+}
+
+func (d countingFragDispatcher) Flush() { d.batches.Add(1) }
+
+// sender writes a fixed batch of frames to a socket with one sendmmsg,
+// from message headers built once, so that sending allocates nothing.
+type sender struct {
+	fd    int
+	msgs  []rawfile.MMsgHdr
+	iovs  []unix.Iovec
+	bytes int
+}
+
+func newSender(fd int, frames [][]byte) *sender {
+	s := &sender{fd: fd, msgs: make([]rawfile.MMsgHdr, len(frames)), iovs: make([]unix.Iovec, len(frames))}
+	for k, f := range frames {
+		s.iovs[k] = rawfile.IovecFromBytes(f)
+		s.msgs[k].Msg.Iov = &s.iovs[k]
+		s.msgs[k].Msg.SetIovlen(1)
+		s.bytes += len(f)
+	}
+	return s
+}
+
+// send writes every frame, blocking while the socket is full.
+func (s *sender) send() error {
+	for done := 0; done < len(s.msgs); {
+		n, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(s.fd),
+			uintptr(unsafe.Pointer(&s.msgs[done])), uintptr(len(s.msgs)-done), 0, 0, 0)
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return errno
+		}
+		done += int(n)
+	}
+	return nil
+}
+
+// TestSteadyStateAllocs checks that reading and dispatching a batch
+// allocates nothing once the pools are warm, on both paths.
+func TestSteadyStateAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector makes sync.Pool drop items, so pooled views allocate")
+	}
+	const frames = 32
+	for _, frag := range []bool{false, true} {
+		name := "plain"
+		if frag {
+			name = "fragments"
+		}
+		t.Run(name, func(t *testing.T) {
+			ours, peer := socketPair(t, unix.SOCK_SEQPACKET)
+			e := newTestEndpoint(t, &Options{FDs: []int{ours}, MTU: 1500})
+			d := newCountingDispatcher()
+			if frag {
+				e.Attach(countingFragDispatcher{d})
+			} else {
+				e.Attach(d)
+			}
+			batch := make([][]byte, frames)
+			for i := range batch {
+				batch[i] = makeFrame(1500, false, "", i)
+			}
+			s := newSender(peer, batch)
+			guard := time.NewTimer(waitLimit)
+			defer guard.Stop()
+			timedOut := false
+			allocs := testing.AllocsPerRun(200, func() {
+				if timedOut {
+					return
+				}
+				d.target.Add(frames)
+				if err := s.send(); err != nil {
+					panic(err)
+				}
+				guard.Reset(waitLimit)
+				select {
+				case <-d.done:
+				case <-guard.C:
+					timedOut = true
+				}
+			})
+			require.False(t, timedOut, "frames not delivered within %v", waitLimit)
+			require.Zero(t, allocs, "allocations per batch of %d frames", frames)
+			require.Equal(t, d.target.Load(), e.Stats().Delivered())
+		})
+	}
+}
+
+// TestWriteAllocs checks that WritePackets allocates nothing once its
+// message headers have grown to the batch.
+func TestWriteAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector makes sync.Pool drop items, so allocation counts mean nothing")
+	}
+	const packets = 16
+	ours, peer := socketPair(t, unix.SOCK_SEQPACKET)
+	e := newTestEndpoint(t, &Options{FDs: []int{ours}, MTU: 1500, EthernetHeader: true, Address: ourMAC})
+	var pkts []*stack.PacketBuffer
+	for i := range packets {
+		pkt, _ := outbound(e, 1000, 3, i)
+		pkts = append(pkts, pkt)
+	}
+	defer func() {
+		for _, pkt := range pkts {
+			pkt.DecRef()
+		}
+	}()
+	// The lists are netstack's to build; build them all beforehand, one
+	// per run and one for AllocsPerRun's warm-up.
+	const runs = 100
+	lists := make([]stack.PacketBufferList, runs+1)
+	for i := range lists {
+		for _, pkt := range pkts {
+			lists[i].PushBack(pkt)
+		}
+	}
+	drain := make([]byte, 2000)
+	failed := false
+	run := 0
+	allocs := testing.AllocsPerRun(runs, func() {
+		list := lists[run]
+		run++
+		if n, err := e.WritePackets(list); n != packets || err != nil {
+			failed = true
+		}
+		for range packets {
+			if _, err := unix.Read(peer, drain); err != nil {
+				failed = true
+			}
+		}
+	})
+	require.False(t, failed, "WritePackets or the peer's read failed")
+	require.Zero(t, allocs, "allocations per WritePackets of %d packets", packets)
+}
