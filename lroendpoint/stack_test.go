@@ -1,0 +1,155 @@
+package lroendpoint
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/netlro/netlro/internal/testpacket"
+	"github.com/netlro/netlro/lro"
+)
+
+// In-process addresses: packets never leave the test's two stacks.
+var (
+	addr4 = [2]tcpip.Address{tcpip.AddrFrom4([4]byte{10, 0, 0, 1}), tcpip.AddrFrom4([4]byte{10, 0, 0, 2})}
+	addr6 = [2]tcpip.Address{testpacket.Src6, testpacket.Dst6}
+)
+
+func newStack(t *testing.T, ep stack.LinkEndpoint, addr tcpip.Address) *stack.Stack {
+	t.Helper()
+	s := stack.New(stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
+	})
+	require.Nil(t, s.CreateNIC(1, ep))
+	proto := header.IPv4ProtocolNumber
+	if addr.Len() == 16 {
+		proto = header.IPv6ProtocolNumber
+	}
+	require.Nil(t, s.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: proto, AddressWithPrefix: addr.WithPrefix()}, stack.AddressProperties{}))
+	s.SetRouteTable([]tcpip.Route{{Destination: header.IPv4EmptySubnet, NIC: 1}, {Destination: header.IPv6EmptySubnet, NIC: 1}})
+	return s
+}
+
+// pump moves packets from one channel endpoint to the other as a wire
+// would, flipping one payload byte (checksums left alone) in a fraction
+// of the data packets bound for the receiver.
+func pump(ctx context.Context, from, to *channel.Endpoint, corrupt float64, seed uint64, corrupted *int) {
+	r := rand.New(rand.NewPCG(seed, seed))
+	for {
+		pkt := from.ReadContext(ctx)
+		if pkt == nil {
+			return
+		}
+		v := pkt.ToView()
+		proto := pkt.NetworkProtocolNumber
+		pkt.DecRef()
+		if b := v.AsSlice(); corrupt > 0 && len(b) > 200 && r.Float64() < corrupt {
+			b[100+r.IntN(len(b)-100)] ^= 0x20
+			*corrupted++
+		}
+		in := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
+		to.InjectInbound(proto, in)
+		in.DecRef()
+	}
+}
+
+// transfer sends n seeded bytes from a plain netstack to one whose link
+// endpoint is wrapped by lroendpoint, with corrupt of the data frames
+// damaged in flight, and returns what the receiver read and the stacks.
+func transfer(t *testing.T, cfg lro.Config, v6 bool, n int, corrupt float64) (sent, got [32]byte, e *Endpoint, rx *stack.Stack, corrupted int) {
+	t.Helper()
+	addrs, proto := addr4, header.IPv4ProtocolNumber
+	if v6 {
+		addrs, proto = addr6, header.IPv6ProtocolNumber
+	}
+	txLink, rxLink := channel.New(512, 1500, ""), channel.New(512, 1500, "")
+	e, err := New(rxLink, cfg)
+	require.NoError(t, err)
+	tx := newStack(t, txLink, addrs[0])
+	rx = newStack(t, e, addrs[1])
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { pump(ctx, txLink, rxLink, corrupt, 1, &corrupted) })
+	wg.Go(func() { pump(ctx, rxLink, txLink, 0, 2, new(int)) })
+	defer func() {
+		cancel()
+		wg.Wait()
+		tx.Close()
+		rx.Close()
+		tx.Wait()
+		rx.Wait()
+	}()
+
+	ln, err := gonet.ListenTCP(rx, tcpip.FullAddress{NIC: 1, Addr: addrs[1], Port: 5201}, proto)
+	require.NoError(t, err)
+	defer ln.Close()
+	data := testpacket.Payload(42, n)
+	sent = sha256.Sum256(data)
+	errc := make(chan error, 1)
+	go func() {
+		c, err := gonet.DialTCP(tx, tcpip.FullAddress{NIC: 1, Addr: addrs[1], Port: 5201}, proto)
+		if err != nil {
+			errc <- err
+			return
+		}
+		_, err = c.Write(data)
+		c.Close()
+		errc <- err
+	}()
+	c, err := ln.Accept()
+	require.NoError(t, err)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(60*time.Second)), "hang guard")
+	h := sha256.New()
+	_, err = io.Copy(h, c)
+	require.NoError(t, err)
+	c.Close()
+	require.NoError(t, <-errc)
+	copy(got[:], h.Sum(nil))
+	return sent, got, e, rx, corrupted
+}
+
+// TestStackAcceptsMergedPackets runs real TCP transfers into netstack
+// through the engine, with 1% of data frames corrupted in flight, in both
+// checksum modes: the stream arrives intact, merging happened, and
+// netstack's checksum checks rejected only the corrupted segments, never
+// a merged packet.
+func TestStackAcceptsMergedPackets(t *testing.T) {
+	for _, claim := range []bool{false, true} {
+		for _, v6 := range []bool{false, true} {
+			t.Run(fmt.Sprintf("claim=%v/v6=%v", claim, v6), func(t *testing.T) {
+				sent, got, e, rx, corrupted := transfer(t, lro.Config{ClaimChecksumOffload: claim}, v6, 4<<20, 0.01)
+				require.Equal(t, sent, got, "SHA-256 of the stream")
+				st := e.Stats()
+				t.Logf("%d frames corrupted; %v", corrupted, st)
+				assert.NotZero(t, st.MergedPackets, "merged packets reached netstack")
+				require.NotZero(t, corrupted)
+				tcpErrs := rx.Stats().TCP.ChecksumErrors.Value()
+				if claim {
+					assert.Equal(t, uint64(corrupted), st.DropBadChecksum, "the engine drops what netstack would")
+					assert.Zero(t, tcpErrs, "netstack checks nothing in this mode")
+				} else {
+					assert.Equal(t, uint64(corrupted), st.PassBadChecksum, "bad segments pass unchanged")
+					assert.Equal(t, uint64(corrupted), tcpErrs, "netstack drops exactly the corrupted segments")
+				}
+			})
+		}
+	}
+}
