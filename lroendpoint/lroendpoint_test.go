@@ -2,6 +2,7 @@ package lroendpoint
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -104,7 +105,7 @@ func TestAttachNilFlushes(t *testing.T) {
 // the leak checker.
 func TestCloseReleases(t *testing.T) {
 	ch := channel.New(4, 1500, "")
-	e, err := New(ch, lro.Config{})
+	e, err := New(ch, lro.Config{FlushDelay: time.Hour}) // only Close flushes
 	require.NoError(t, err)
 	nic := &counter{}
 	e.Attach(nic)
