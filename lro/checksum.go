@@ -39,14 +39,17 @@ func addPayloadSum(total, sum uint16, at int) uint16 {
 	return checksum.Combine(total, sum)
 }
 
-// addrs returns the source and destination addresses of the segment.
-func (s *segment) addrs() (src, dst tcpip.Address) {
-	if s.v6 {
-		ip := header.IPv6(s.hdr)
-		return ip.SourceAddress(), ip.DestinationAddress()
+// pseudoHeaderSum returns the sum of the TCP pseudo-header (RFC 9293
+// 3.1, RFC 8200 8.1) of the IP header hdr for a TCP length of n, read
+// straight from the address bytes: building tcpip.Addresses to sum them
+// cost more than the sum.
+func pseudoHeaderSum(hdr []byte, v6 bool, n int) uint16 {
+	addrs := hdr[12:20]
+	if v6 {
+		addrs = hdr[8:40]
 	}
-	ip := header.IPv4(s.hdr)
-	return ip.SourceAddress(), ip.DestinationAddress()
+	xsum := checksum.Checksum(addrs, uint16(header.TCPProtocolNumber))
+	return checksum.Combine(xsum, uint16(n))
 }
 
 // verifySegment checks the IPv4 header checksum and the TCP checksum of s
@@ -59,8 +62,7 @@ func verifySegment(r *packetRef, s *segment, validated bool) bool {
 		// Its TCP checksum covers bytes that are not here yet.
 		return validated || header.IPv4(s.hdr).IsChecksumValid()
 	}
-	src, dst := s.addrs()
-	pseudo := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(s.tcpLen+s.payload))
+	pseudo := pseudoHeaderSum(s.hdr, s.v6, s.tcpLen+s.payload)
 	tcpHdr := s.hdr[s.ipLen : s.ipLen+s.tcpLen]
 	if validated {
 		// A valid segment sums to 0xffff over pseudo header, TCP header
@@ -81,20 +83,14 @@ func verifySegment(r *packetRef, s *segment, validated bool) bool {
 // merged packet whose headers are hdr and whose payload of payload bytes
 // sums to sum.
 func setChecksums(hdr []byte, v6 bool, ipLen, tcpLen, payload int, sum uint16) {
-	var src, dst tcpip.Address
-	if v6 {
-		ip := header.IPv6(hdr)
-		src, dst = ip.SourceAddress(), ip.DestinationAddress()
-	} else {
+	if !v6 {
 		ip := header.IPv4(hdr)
 		ip.SetChecksum(0)
 		ip.SetChecksum(^ip.CalculateChecksum())
-		src, dst = ip.SourceAddress(), ip.DestinationAddress()
 	}
 	tcp := header.TCP(hdr[ipLen : ipLen+tcpLen])
 	tcp.SetChecksum(0)
-	xsum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(tcpLen+payload))
-	xsum = checksum.Combine(xsum, sum)
+	xsum := checksum.Combine(pseudoHeaderSum(hdr, v6, tcpLen+payload), sum)
 	tcp.SetChecksum(^checksum.Checksum(tcp, xsum))
 }
 

@@ -209,9 +209,17 @@ func (e *Engine) Close() {
 // Stats returns a snapshot of the engine's counters.
 func (e *Engine) Stats() Stats {
 	var s Stats
+	held := 0
 	for i := range e.shards {
-		e.shards[i].stats.addTo(&s)
+		sh := &e.shards[i]
+		sh.mu.Lock()
+		held += sh.n + len(sh.queue) - sh.head
+		sh.mu.Unlock()
+		sh.stats.addTo(&s)
 	}
+	// Every packet in is out, merged, dropped, or still with the engine;
+	// counting it as it comes would cost an atomic add per packet.
+	s.PacketsIn = s.PacketsOut + s.SegmentsMerged + s.Dropped() + uint64(held)
 	return s
 }
 
@@ -231,7 +239,6 @@ func (e *Engine) handle(proto tcpip.NetworkProtocolNumber, r *packetRef) {
 		}
 	}
 	sh := &e.shards[s.hash&e.shardMask]
-	sh.stats.inc(cIn)
 	switch v {
 	case verdictPass:
 		e.pass(sh, proto, r, s.reason)

@@ -85,7 +85,7 @@ func (s Stats) String() string {
 type counter uint8
 
 const (
-	cIn counter = iota
+	cIn counter = iota // derived in Engine.Stats, never counted
 	cOut
 	cMerged
 	cMergedPackets
