@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -120,6 +121,16 @@ type FragmentDispatcher interface {
 	DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderLen int, buf buffer.Buffer)
 }
 
+// MultiQueue is implemented by *Engine. A lower endpoint that delivers from
+// several goroutines, one per receive queue, each with flows of its own
+// (as a NIC's RSS steers each flow to one queue, or as this project's
+// fdbased reads each fd on its own goroutine), hands queue i's packets to
+// Queue(i) and calls its Flush at the end of that queue's batches.
+type MultiQueue interface {
+	// Queue returns the engine of receive queue i.
+	Queue(i int) *Engine
+}
+
 // Engine merges in-order TCP segments on their way from a link endpoint to
 // netstack. It is a stack.NetworkDispatcher; deliveries may come from
 // several goroutines at once.
@@ -132,12 +143,17 @@ type Engine struct {
 	timer     tcpip.Timer // nil when FlushDelay < 0
 	armed     atomic.Bool // the timer is set to fire
 	closed    atomic.Bool // Close was called: hold nothing more
+
+	parent *Engine       // set on a queue's engine
+	qmu    sync.Mutex    // guards writes to queues
+	queues atomic.Pointer[[]*Engine]
 }
 
 var (
 	_ stack.NetworkDispatcher = (*Engine)(nil)
 	_ Flusher                 = (*Engine)(nil)
 	_ FragmentDispatcher      = (*Engine)(nil)
+	_ MultiQueue              = (*Engine)(nil)
 )
 
 // New returns an Engine that delivers to next. It sizes every table once,
@@ -150,6 +166,11 @@ func New(next stack.NetworkDispatcher, cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
+	return build(next, cfg), nil
+}
+
+// build makes an engine from a checked Config.
+func build(next stack.NetworkDispatcher, cfg Config) *Engine {
 	e := &Engine{
 		next:      next,
 		cfg:       cfg,
@@ -165,7 +186,48 @@ func New(next stack.NetworkDispatcher, cfg Config) (*Engine, error) {
 		e.timer = cfg.Clock.AfterFunc(time.Hour, e.timerFlush)
 		e.timer.Stop()
 	}
-	return e, nil
+	return e
+}
+
+// Queue implements MultiQueue. Each queue has a flow table of its own,
+// sized by Config.MaxFlows, and its Flush delivers only that table's
+// sessions, as each Linux NAPI context flushes only its own GRO list: two
+// goroutines with their own flows never share a lock or a cache line.
+// Queue(0) is e itself. Flush, Close and Stats on e cover every queue.
+func (e *Engine) Queue(i int) *Engine {
+	if e.parent != nil {
+		return e.parent.Queue(i)
+	}
+	if i <= 0 {
+		return e
+	}
+	if qs := e.queues.Load(); qs != nil && i < len(*qs)+1 {
+		return (*qs)[i-1]
+	}
+	e.qmu.Lock()
+	defer e.qmu.Unlock()
+	var qs []*Engine
+	if p := e.queues.Load(); p != nil {
+		qs = *p
+	}
+	for len(qs) < i {
+		q := build(e.next, e.cfg)
+		q.parent = e
+		if e.closed.Load() {
+			q.closed.Store(true)
+		}
+		qs = append(qs[:len(qs):len(qs)], q)
+	}
+	e.queues.Store(&qs)
+	return qs[i-1]
+}
+
+// subqueues returns the engines of queues 1 and up.
+func (e *Engine) subqueues() []*Engine {
+	if qs := e.queues.Load(); qs != nil {
+		return *qs
+	}
+	return nil
 }
 
 // DeliverNetworkPacket implements stack.NetworkDispatcher. It does not take
@@ -193,21 +255,37 @@ func (e *Engine) DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderL
 }
 
 // Flush implements Flusher: it delivers every held packet (inet_lro
-// lro_flush_all).
-func (e *Engine) Flush() { e.flushAll(cFlushBatch) }
+// lro_flush_all), of every queue when e is the engine New returned.
+func (e *Engine) Flush() {
+	e.flushAll(cFlushBatch)
+	for _, q := range e.subqueues() {
+		q.flushAll(cFlushBatch)
+	}
+}
 
-// Close stops the flush timer and delivers every held packet. Packets
+// Close stops the flush timers and delivers every held packet. Packets
 // that arrive after Close pass through without being held.
 func (e *Engine) Close() {
-	e.closed.Store(true)
-	if e.timer != nil {
-		e.timer.Stop()
+	for _, q := range append([]*Engine{e}, e.subqueues()...) {
+		q.closed.Store(true)
+		if q.timer != nil {
+			q.timer.Stop()
+		}
+		q.flushAll(cFlushBatch)
 	}
-	e.Flush()
 }
 
 // Stats returns a snapshot of the engine's counters.
 func (e *Engine) Stats() Stats {
+	s := e.stats()
+	for _, q := range e.subqueues() {
+		s.add(q.stats())
+	}
+	return s
+}
+
+// stats returns the counters of e's own table.
+func (e *Engine) stats() Stats {
 	var s Stats
 	held := 0
 	for i := range e.shards {

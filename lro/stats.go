@@ -120,16 +120,28 @@ func (c *counters) add(n counter, d uint64) { c.v[n].Add(d) }
 
 func (c *counters) inc(n counter) { c.v[n].Add(1) }
 
-// addTo adds c's values to s.
-func (c *counters) addTo(s *Stats) {
-	fields := [numCounters]*uint64{
+// add adds o's counters to s.
+func (s *Stats) add(o Stats) {
+	dst, src := s.pointers(), o.pointers()
+	for i := range dst {
+		*dst[i] += *src[i]
+	}
+}
+
+// pointers returns s's fields in counter order.
+func (s *Stats) pointers() [numCounters]*uint64 {
+	return [numCounters]*uint64{
 		&s.PacketsIn, &s.PacketsOut, &s.SegmentsMerged, &s.MergedPackets,
 		&s.FlushBatch, &s.FlushEvict, &s.FlushLimit, &s.FlushOrder, &s.FlushMismatch, &s.FlushTimer,
 		&s.PassNotTCP, &s.PassFragment, &s.PassIPOptions, &s.PassTCPOptions, &s.PassTCPFlags,
 		&s.PassPadding, &s.PassBadChecksum, &s.PassMalformed, &s.PassOutOfOrder,
 		&s.DropBadChecksum, &s.DropUnverifiable,
 	}
-	for i, f := range fields {
+}
+
+// addTo adds c's values to s.
+func (c *counters) addTo(s *Stats) {
+	for i, f := range s.pointers() {
 		*f += c.v[i].Load()
 	}
 }

@@ -234,3 +234,66 @@ func TestConcurrentDeliverers(t *testing.T) {
 		})
 	}
 }
+
+// TestQueues: each receive queue has its own table and its Flush touches
+// only it; the engine New returned flushes, counts and closes them all.
+func TestQueues(t *testing.T) {
+	rec := &recorder{}
+	e := newEngine(t, rec, Config{})
+	require.Same(t, e, e.Queue(0))
+	q1, q2 := e.Queue(1), e.Queue(2)
+	require.Same(t, q1, e.Queue(1))
+	require.Same(t, q2, q1.Queue(2), "a queue's Queue is its engine's")
+	a := stream(testpacket.TCP{SrcPort: 1}, []int{100}, 3, nil)
+	b := stream(testpacket.TCP{SrcPort: 2}, []int{100}, 3, nil)
+	for i := range a {
+		feed(q1, viaPacket, a[i])
+		feed(q2, viaFragments, b[i])
+	}
+	q1.Flush()
+	out := rec.take()
+	requirePartition(t, a, out, []int{3})
+	st := e.Stats()
+	assert.Equal(t, uint64(6), st.PacketsIn)
+	assert.Equal(t, uint64(1), st.Held(), "queue 2 still holds its flow")
+	e.Flush()
+	requirePartition(t, b, rec.take(), []int{3})
+
+	feed(q2, viaPacket, a[0])
+	e.Close()
+	assert.Equal(t, 1, len(rec.take()), "Close flushes every queue")
+	feed(e.Queue(3), viaPacket, a[1])
+	assert.Equal(t, 1, len(rec.take()), "a queue made after Close holds nothing")
+	assert.Zero(t, e.Stats().Held())
+}
+
+// TestQueuesConcurrent: goroutines on their own queues, under the race
+// detector, with the engine's Flush from another goroutine.
+func TestQueuesConcurrent(t *testing.T) {
+	rec := &recorder{}
+	e := newEngine(t, rec, Config{})
+	want := map[uint16][]byte{}
+	var wg sync.WaitGroup
+	for w := range 3 {
+		port := uint16(3000 + w)
+		want[port] = testpacket.Payload(uint64(w), 200*700)
+		segs := testpacket.Segments(testpacket.TCP{V6: w == 1, SrcPort: port}, want[port], 700)
+		q := e.Queue(w)
+		wg.Go(func() {
+			for i, b := range segs {
+				feed(q, path(i%2), b)
+				if i%9 == 0 {
+					q.Flush()
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for range 50 {
+			e.Flush()
+		}
+	})
+	wg.Wait()
+	e.Close()
+	assert.Equal(t, digests(want), flowDigests(t, rec.take()))
+}

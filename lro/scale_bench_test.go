@@ -1,0 +1,138 @@
+package lro
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+	"testing"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+
+	"github.com/netlro/netlro/internal/testpacket"
+)
+
+// BenchmarkFlowFlood sends one segment each from a million distinct flows,
+// as a scan or a flood would: every packet starts a session and evicts
+// one. Heap growth is reported in bytes (heap-delta-B, from
+// runtime.MemStats before and after) and must stay flat; compare ns/pkt
+// with BenchmarkFlowFlood/one-flow, the same count of segments of one flow.
+func BenchmarkFlowFlood(b *testing.B) {
+	const flows = 1_000_000
+	// One template, ports and an address byte rewritten per packet, so
+	// the benchmark holds one packet in memory, not a million.
+	tmpl := testpacket.TCP{TS: true, Payload: testpacket.Payload(1, 1448)}
+	for _, mode := range []string{"distinct-flows", "one-flow"} {
+		b.Run(mode, func(b *testing.B) {
+			e := newEngine(b, discard{}, Config{})
+			pkt := tmpl.Bytes()
+			segs := testpacket.Segments(tmpl, testpacket.Payload(2, 64*1448), 1448)
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			b.ReportAllocs()
+			b.SetBytes(int64(flows * 1448))
+			for b.Loop() {
+				for i := range flows {
+					if mode == "one-flow" {
+						e.DeliverFragments(testpacket.Proto(segs[i%64]), 0, buffer.MakeWithData(segs[i%64]))
+						if i%64 == 63 {
+							e.Flush()
+						}
+						continue
+					}
+					p := flowPacket(pkt, i)
+					e.DeliverFragments(testpacket.Proto(p), 0, buffer.MakeWithData(p))
+				}
+				e.Flush()
+			}
+			runtime.GC()
+			runtime.ReadMemStats(&after)
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*flows), "ns/pkt")
+			b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)), "heap-delta-B")
+		})
+	}
+}
+
+// flowPacket rewrites pkt's source port and the low bytes of its source
+// address for flow i, fixing both checksums incrementally as a router
+// would (RFC 1624).
+func flowPacket(pkt []byte, i int) []byte {
+	pkt[14], pkt[15] = byte(i>>16), byte(i>>8) // source address, low bytes
+	pkt[20], pkt[21] = byte(i>>8), byte(i)     // source port
+	testpacket.SetTCPChecksum(pkt, false)
+	return pkt
+}
+
+// BenchmarkParallelDeliverers runs 1 and 2 goroutines, each delivering its
+// own flows' segments in batches and calling Flush at every batch end, as
+// a multi-queue lower endpoint does: through one engine ("shared": the
+// flows hash across its shards, and every Flush touches them all) or
+// through one Queue per goroutine ("queues", the per-NAPI GRO lists of
+// Linux). Compare segs/s between rows. "baseline" takes each frame's
+// pooled view and releases it at once; "baseline-held" keeps a batch's
+// views and releases them at its end, as merging does: that alone shows
+// how far gVisor's buffer pool lets this memory pattern scale.
+func BenchmarkParallelDeliverers(b *testing.B) {
+	const batches = 200
+	for _, tc := range []struct {
+		mode    string // baseline: pooled buffers only, no engine
+		workers int
+	}{{"baseline", 1}, {"baseline", 2}, {"baseline-held", 1}, {"baseline-held", 2},
+		{"shared", 1}, {"shared", 2}, {"queues", 1}, {"queues", 2}} {
+		mode := tc.mode
+		workers := tc.workers
+		b.Run(fmt.Sprintf("%s/goroutines=%d", mode, workers), func(b *testing.B) {
+			e := newEngine(b, discard{}, Config{MaxFlows: 64})
+			traces := make([]trace, workers)
+			for w := range traces {
+				tr := makeTrace(4, 16, false)
+				for i, p := range tr.pkts {
+					// Distinct ports per worker: distinct flows.
+					q := append([]byte(nil), p...)
+					q[20] = byte(w + 1)
+					testpacket.SetTCPChecksum(q, false)
+					tr.pkts[i] = q
+				}
+				traces[w] = tr
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				var wg sync.WaitGroup
+				for w := range workers {
+					q := e
+					if mode == "queues" {
+						q = e.Queue(w)
+					}
+					wg.Go(func() {
+						held := make([]buffer.Buffer, len(traces[w].pkts))
+						for range batches {
+							for i, p := range traces[w].pkts {
+								buf := buffer.MakeWithData(p)
+								switch mode {
+								case "baseline":
+									buf.Release()
+								case "baseline-held":
+									held[i] = buf
+								default:
+									q.DeliverFragments(testpacket.Proto(p), 0, buf)
+								}
+							}
+							switch mode {
+							case "baseline":
+							case "baseline-held":
+								for i := range held {
+									held[i].Release()
+								}
+							default:
+								q.Flush()
+							}
+						}
+					})
+				}
+				wg.Wait()
+			}
+			segs := float64(b.N * workers * batches * len(traces[0].pkts))
+			b.ReportMetric(segs/b.Elapsed().Seconds(), "segs/s")
+		})
+	}
+}
