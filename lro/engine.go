@@ -292,6 +292,7 @@ func (e *Engine) stats() Stats {
 		sh := &e.shards[i]
 		sh.mu.Lock()
 		held += sh.n + len(sh.queue) - sh.head
+		s.SegmentsMerged += sh.merged
 		sh.mu.Unlock()
 		sh.stats.addTo(&s)
 	}
@@ -307,7 +308,9 @@ func (e *Engine) handle(proto tcpip.NetworkProtocolNumber, r *packetRef) {
 	var s segment
 	v := parseSegment(r, proto, &s)
 	if v != verdictPass {
-		s.hash = s.key.hash(e.seed)
+		if len(e.shards) > 1 {
+			s.flowHash(e.seed) // picks the shard
+		}
 		validated := r.pkt != nil && r.pkt.RXChecksumValidated
 		switch {
 		case !verifySegment(r, &s, validated):
@@ -351,7 +354,7 @@ func (e *Engine) flushAndPass(sh *shard, proto tcpip.NetworkProtocolNumber, r *p
 	var out [2]pending
 	n := 0
 	sh.mu.Lock()
-	if i := sh.lookup(&s.key, s.hash); i >= 0 {
+	if i := sh.lookup(s, e.seed); i >= 0 {
 		out[n] = sessionItem(sh.remove(i), cFlushOrder)
 		n++
 	}
@@ -365,13 +368,13 @@ func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pa
 	var out [3]pending // at most: an ended session, the one s filled, or s itself
 	n, held := 0, false
 	sh.mu.Lock()
-	i := sh.lookup(&s.key, s.hash)
+	i := sh.lookup(s, e.seed)
 	if i < 0 {
 		if sh.full() {
 			out[n] = sessionItem(sh.remove(sh.oldest), cFlushEvict)
 			n++
 		}
-		i = sh.insert(&s.key, s.hash)
+		i = sh.insert(s, e.seed)
 		e.hold(&sh.flows[i].session, proto, r, s)
 		held = true
 	} else {
@@ -379,7 +382,7 @@ func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pa
 		switch a := e.classify(f, s); a {
 		case actionMerge:
 			e.merge(f, s, r)
-			sh.stats.inc(cMerged)
+			sh.merged++
 		case actionPass:
 			out[n] = sessionItem(sh.remove(i), cFlushOrder)
 			out[n+1] = passItem(proto, r, cPassOutOfOrder)

@@ -37,6 +37,14 @@ func mix(h, w uint64) uint64 {
 	return hi ^ lo
 }
 
+// flowHash returns the hash of s's flow key, computing it once.
+func (s *segment) flowHash(seed uint64) uint64 {
+	if !s.hashed {
+		s.hash, s.hashed = s.key.hash(seed), true
+	}
+	return s.hash
+}
+
 // flow is a table slot: a flow key, its links, and its session.
 type flow struct {
 	key   flowKey
@@ -90,6 +98,14 @@ type shard struct {
 	newest int32
 	// +checklocks:mu
 	n int
+	// last is the session found or started last, checked before hashing:
+	// a batch is mostly runs of one flow.
+	// +checklocks:mu
+	last int32
+	// merged counts segments merged, under mu: an atomic add per segment
+	// costs more than the lock already held.
+	// +checklocks:mu
+	merged uint64
 	// queue holds packets to deliver, in order, while another goroutine
 	// is draining; queue[head:] are still to go.
 	// +checklocks:mu
@@ -124,7 +140,7 @@ func (sh *shard) init(capacity int) {
 		sh.flows[i].newer = int32(i + 1)
 	}
 	sh.flows[capacity-1].newer = -1
-	sh.free, sh.oldest, sh.newest = 0, -1, -1
+	sh.free, sh.oldest, sh.newest, sh.last = 0, -1, -1, -1
 }
 
 // bucket returns the bucket index of a key hash. The low bits chose the
@@ -133,12 +149,17 @@ func (sh *shard) bucket(h uint64) int {
 	return int(h>>32) & (len(sh.buckets) - 1)
 }
 
-// lookup returns the index of the session of key, or -1.
+// lookup returns the index of the session of s's flow, or -1. It hashes
+// the flow key only if the last session is not s's.
 //
 // +checklocks:sh.mu
-func (sh *shard) lookup(key *flowKey, h uint64) int32 {
-	for i := sh.buckets[sh.bucket(h)]; i >= 0; i = sh.flows[i].chain {
-		if sh.flows[i].key == *key {
+func (sh *shard) lookup(s *segment, seed uint64) int32 {
+	if i := sh.last; i >= 0 && sh.flows[i].key == s.key {
+		return i
+	}
+	for i := sh.buckets[sh.bucket(s.flowHash(seed))]; i >= 0; i = sh.flows[i].chain {
+		if sh.flows[i].key == s.key {
+			sh.last = i
 			return i
 		}
 	}
@@ -154,7 +175,8 @@ func (sh *shard) full() bool { return sh.free < 0 }
 // shard must not be full.
 //
 // +checklocks:sh.mu
-func (sh *shard) insert(key *flowKey, h uint64) int32 {
+func (sh *shard) insert(s *segment, seed uint64) int32 {
+	key, h := &s.key, s.flowHash(seed)
 	i := sh.free
 	f := &sh.flows[i]
 	sh.free = f.newer
@@ -168,6 +190,7 @@ func (sh *shard) insert(key *flowKey, h uint64) int32 {
 	}
 	sh.newest = i
 	sh.n++
+	sh.last = i
 	return i
 }
 
@@ -176,6 +199,9 @@ func (sh *shard) insert(key *flowKey, h uint64) int32 {
 //
 // +checklocks:sh.mu
 func (sh *shard) remove(i int32) session {
+	if sh.last == i {
+		sh.last = -1
+	}
 	f := &sh.flows[i]
 	for p := &sh.buckets[sh.bucket(f.hash)]; *p >= 0; p = &sh.flows[*p].chain {
 		if *p == i {

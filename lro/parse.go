@@ -108,7 +108,8 @@ const (
 // segment is a parsed IPv4 or IPv6 TCP packet.
 type segment struct {
 	key     flowKey
-	hash    uint64
+	hash    uint64 // valid when hashed; see flowHash
+	hashed  bool
 	hdr     []byte // IP and TCP headers, contiguous, writable
 	v6      bool
 	ipLen   int

@@ -87,7 +87,7 @@ type counter uint8
 const (
 	cIn counter = iota // derived in Engine.Stats, never counted
 	cOut
-	cMerged
+	cMerged // counted in shard.merged, under its lock
 	cMergedPackets
 	cFlushBatch
 	cFlushEvict
