@@ -33,14 +33,21 @@
 //     be identical and all segments but the last have the same size, so the
 //     merged packet can be cut back into exactly the segments that arrived.
 //
-// # Locking
+// # Locking and queues
 //
 // The flow table is split into shards by flow hash; each shard's mutex
-// guards its flows, buckets, age list and free list. Counters are atomics
-// per shard. No lock is held while calling into netstack, so a flow whose
-// packets arrive on two goroutines at once may be delivered in the order the
-// goroutines finish; a lower endpoint that pins each flow to one goroutine
-// (gVisor's fdbased does) keeps per-flow order.
+// guards its flows, buckets, age list, free list, delivery queue and merge
+// count. Other counters are atomics per shard. No lock is held while
+// calling into netstack: what a shard hands up goes through a FIFO drained
+// by one goroutine at a time, so one flow's packets keep their order even
+// when a Flush, the timer or an eviction on another goroutine ends the
+// flow's session. A flow whose packets arrive on two goroutines at once
+// is delivered in the order the goroutines reach the shard lock.
+//
+// A lower endpoint with several receive queues, one goroutine each (this
+// project's fdbased with several fds), gives queue i's packets to
+// Engine.Queue(i): each queue has a table of its own and its Flush ends
+// only its own sessions, as each Linux NAPI context has its own GRO list.
 //
 // # Known limits
 //
@@ -54,4 +61,8 @@
 //   - Merging hides per-segment ACK information from netstack (default
 //     rules) and netstack has no per-packet segment count, so a merged
 //     packet is acknowledged as one segment.
+//   - Holding a batch of pooled views and releasing them together, as
+//     merging must, scales poorly across goroutines in gVisor's buffer pool
+//     (BenchmarkParallelDeliverers, row baseline-held); the engine's own
+//     locks are not the limit there.
 package lro
