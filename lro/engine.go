@@ -144,8 +144,8 @@ type Engine struct {
 	armed     atomic.Bool // the timer is set to fire
 	closed    atomic.Bool // Close was called: hold nothing more
 
-	parent *Engine       // set on a queue's engine
-	qmu    sync.Mutex    // guards writes to queues
+	parent *Engine    // set on a queue's engine
+	qmu    sync.Mutex // guards writes to queues
 	queues atomic.Pointer[[]*Engine]
 }
 
