@@ -152,6 +152,13 @@ func joinFanout(links []link) error {
 // from their next batch on. nil stops them, waits until they have
 // returned every view, and leaves the endpoint ready to be attached again.
 // After Close, Attach does nothing.
+//
+// Like gVisor's fdbased, Attach(nil) and Wait wait for a packet being
+// delivered. netstack's Stack.RemoveNIC and Stack.Wait call them while
+// holding the stack's lock, which IPv4's HandlePacket also takes, so a
+// packet in flight at that moment deadlocks both. Call Attach(nil) on the
+// endpoint (or on an lroendpoint around it) before removing its NIC or
+// calling Stack.Wait.
 func (e *Endpoint) Attach(dispatcher stack.NetworkDispatcher) {
 	e.attachMu.Lock()
 	defer e.attachMu.Unlock()

@@ -1,0 +1,282 @@
+package fdbased
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/netlro/netlro/internal/testpacket"
+	"github.com/netlro/netlro/lro"
+	"github.com/netlro/netlro/lroendpoint"
+)
+
+// The TAP test's addresses exist only inside the network namespace it
+// creates: the kernel side of the TAP device, and the netstack behind
+// this endpoint.
+var (
+	tapKernelAddr = "10.213.0.1"
+	tapStackAddr  = tcpip.AddrFrom4([4]byte{10, 213, 0, 2})
+	tapPrefix     = 24
+)
+
+// transferLimit bounds the TAP test's TCP transfer, a hang guard.
+const transferLimit = 2 * time.Minute
+
+// netnsSeq numbers the namespaces this process creates.
+var netnsSeq atomic.Uint32
+
+// requireNetAdmin skips the test unless it can create network namespaces
+// and TAP devices.
+func requireNetAdmin(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		t.Skipf("skipping: no TAP devices: %v", err)
+	}
+	const capNetAdmin, capSysAdmin = 12, 21
+	caps, err := effectiveCaps()
+	if err != nil {
+		t.Skipf("skipping: cannot read capabilities: %v", err)
+	}
+	for _, c := range []struct {
+		bit  uint
+		name string
+	}{{capNetAdmin, "CAP_NET_ADMIN"}, {capSysAdmin, "CAP_SYS_ADMIN"}} {
+		if caps&(1<<c.bit) == 0 {
+			t.Skipf("skipping: needs %s to create a network namespace and a TAP device (run as root)", c.name)
+		}
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skipf("skipping: needs iproute2's ip: %v", err)
+	}
+}
+
+// effectiveCaps returns the process's effective capability set.
+func effectiveCaps() (uint64, error) {
+	f, err := os.Open("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "CapEff:"); ok {
+			return strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		}
+	}
+	return 0, fmt.Errorf("no CapEff in /proc/self/status")
+}
+
+// ip runs iproute2's ip with args.
+func ip(t *testing.T, args ...string) {
+	t.Helper()
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	require.NoError(t, err, "ip %s: %s", strings.Join(args, " "), out)
+}
+
+// newNetns creates a network namespace, deleted when the test ends, and
+// returns its name and an fd for unix.Setns.
+func newNetns(t *testing.T) (string, int) {
+	t.Helper()
+	name := fmt.Sprintf("netlro-fdbased-%d-%d", os.Getpid(), netnsSeq.Add(1))
+	ip(t, "netns", "add", name)
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", name, err, out)
+		}
+	})
+	fd, err := unix.Open("/run/netns/"+name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	require.NoError(t, err)
+	t.Cleanup(func() { unix.Close(fd) })
+	return name, fd
+}
+
+// inNetns runs f on an OS thread that has entered the network namespace
+// nsFD, so that what f creates (devices, sockets) belongs there. The thread
+// ends with f; it is never used for anything else.
+func inNetns[T any](nsFD int, f func() (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		// Locked and never unlocked: the runtime ends the thread
+		// when this goroutine returns.
+		runtime.LockOSThread()
+		var r result
+		if r.err = unix.Setns(nsFD, unix.CLONE_NEWNET); r.err == nil {
+			r.v, r.err = f()
+		}
+		ch <- r
+	}()
+	r := <-ch
+	return r.v, r.err
+}
+
+// openTAP creates the TAP device name (IFF_TAP|IFF_NO_PI) in the current
+// thread's network namespace and returns its fd. The device lives as long
+// as the fd.
+func openTAP(name string) (int, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("TUNSETIFF %s: %w", name, err)
+	}
+	return fd, nil
+}
+
+// TestTAPStream has the Linux kernel send a TCP stream over a TAP device to
+// a netstack behind this endpoint, inside a network namespace the test
+// creates, and checks that every byte arrives.
+func TestTAPStream(t *testing.T) {
+	requireNetAdmin(t)
+	size := 32 << 20
+	if raceEnabled {
+		size = 4 << 20
+	}
+	tests := []struct {
+		name string
+		lro  bool // behind lroendpoint: fragments and batch ends
+	}{
+		{"lroendpoint", true},
+		{"bare", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			testTAPStream(t, tc.lro, size)
+		})
+	}
+}
+
+func testTAPStream(t *testing.T, withLRO bool, size int) {
+	ns, nsFD := newNetns(t)
+	const dev = "tap0"
+	tapFD, err := inNetns(nsFD, func() (int, error) { return openTAP(dev) })
+	require.NoError(t, err)
+	t.Cleanup(func() { unix.Close(tapFD) })
+	ip(t, "-n", ns, "link", "set", "lo", "up")
+	ip(t, "-n", ns, "addr", "add", fmt.Sprintf("%s/%d", tapKernelAddr, tapPrefix), "dev", dev)
+	ip(t, "-n", ns, "link", "set", dev, "up")
+
+	le, err := New(&Options{FDs: []int{tapFD}, MTU: 1500, EthernetHeader: true, Address: ourMAC})
+	require.NoError(t, err)
+	ep := le.(*Endpoint)
+	require.False(t, ep.sys.links[0].isSocket, "a TAP fd is read with read, not recvmmsg")
+	var nicEP stack.LinkEndpoint = ep
+	var lep *lroendpoint.Endpoint
+	if withLRO {
+		lep, err = lroendpoint.New(ep, lro.Config{})
+		require.NoError(t, err)
+		nicEP = lep
+	}
+	s := stack.New(stack.Options{
+		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
+	})
+	t.Cleanup(func() {
+		// Detach before netstack takes its lock to remove the NIC:
+		// see the Endpoint.Attach doc.
+		nicEP.Attach(nil)
+		s.Close()
+		s.Wait() // removes the NIC: Attach(nil) again, Wait, Close
+		ep.Wait()
+	})
+	require.Nil(t, s.CreateNIC(1, nicEP))
+	require.Nil(t, s.AddProtocolAddress(1, tcpip.ProtocolAddress{
+		Protocol:          ipv4.ProtocolNumber,
+		AddressWithPrefix: tcpip.AddressWithPrefix{Address: tapStackAddr, PrefixLen: tapPrefix},
+	}, stack.AddressProperties{}))
+	subnet := tcpip.AddressWithPrefix{Address: tapStackAddr, PrefixLen: tapPrefix}.Subnet()
+	s.SetRouteTable([]tcpip.Route{{Destination: subnet, NIC: 1}})
+
+	const port = 5201
+	ln, err := gonet.ListenTCP(s, tcpip.FullAddress{NIC: 1, Addr: tapStackAddr, Port: port}, ipv4.ProtocolNumber)
+	require.NoError(t, err)
+	defer ln.Close()
+
+	deadline := time.Now().Add(transferLimit)
+	type received struct {
+		n   int64
+		sum [sha256.Size]byte
+		err error
+	}
+	got := make(chan received, 1)
+	go func() {
+		var r received
+		defer func() { got <- r }()
+		c, err := ln.Accept()
+		if err != nil {
+			r.err = err
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(deadline)
+		h := sha256.New()
+		r.n, r.err = io.Copy(h, c)
+		copy(r.sum[:], h.Sum(nil))
+	}()
+
+	payload := testpacket.Payload(5, size)
+	want := sha256.Sum256(payload)
+	conn, err := inNetns(nsFD, func() (net.Conn, error) {
+		d := net.Dialer{Deadline: deadline}
+		return d.Dial("tcp", net.JoinHostPort(tapStackAddr.String(), strconv.Itoa(port)))
+	})
+	if err != nil {
+		ln.Close() // ends the Accept
+		<-got
+		require.NoError(t, err, "dial from the namespace")
+	}
+	conn.SetDeadline(deadline)
+	_, werr := io.Copy(conn, bytes.NewReader(payload))
+	if werr == nil {
+		werr = conn.(*net.TCPConn).CloseWrite()
+	}
+	r := <-got
+	conn.Close()
+	require.NoError(t, werr, "kernel side send")
+	require.NoError(t, r.err, "netstack side receive")
+	require.Equal(t, int64(size), r.n)
+	require.Equal(t, want, r.sum, "SHA-256 of the received bytes")
+
+	st := ep.Stats()
+	t.Logf("fdbased: %d frames in %d batches (%.1f per batch), dropped runt %d oversized %d not-for-us %d; %d written, %d write errors",
+		st.Frames, st.Batches, st.MeanBatch(), st.DroppedRunt, st.DroppedOversized, st.DroppedNotForUs, st.Written, st.WriteErrors)
+	assert.NotZero(t, st.Batches)
+	assert.NotZero(t, st.Written, "netstack's ACKs and ARP replies went out through the endpoint")
+	assert.Zero(t, st.DroppedOversized)
+	if withLRO {
+		ls := lep.Stats()
+		t.Logf("lro: %+v", ls)
+	}
+}
