@@ -31,7 +31,7 @@ import (
 	"github.com/netlro/netlro/lroendpoint"
 )
 
-// The TAP test's addresses exist only inside the network namespace it
+// The kernel stream test's addresses exist only inside the network namespace it
 // creates: the kernel side of the TAP device, and the netstack behind
 // this endpoint.
 var (
@@ -40,7 +40,8 @@ var (
 	tapPrefix     = 24
 )
 
-// transferLimit bounds the TAP test's TCP transfer, a hang guard.
+// transferLimit bounds the kernel stream test's TCP transfer, a hang
+// guard.
 const transferLimit = 2 * time.Minute
 
 // netnsSeq numbers the namespaces this process creates.
@@ -155,43 +156,106 @@ func openTAP(name string) (int, error) {
 	return fd, nil
 }
 
-// TestTAPStream has the Linux kernel send a TCP stream over a TAP device to
-// a netstack behind this endpoint, inside a network namespace the test
-// creates, and checks that every byte arrives.
-func TestTAPStream(t *testing.T) {
+// kernelLink sets up, in the network namespace ns (nsFD), the device the
+// kernel sends through, with the kernel's address on it, and returns the
+// fd the endpoint reads: a TAP device's, or an AF_PACKET socket's on the
+// far end of a veth pair. It also says whether that fd is a socket and
+// whether the kernel leaves checksums to be filled in (a veth's
+// CHECKSUM_PARTIAL), so the endpoint must report RX checksum offload as
+// gVisor's runsc does over AF_PACKET.
+type kernelLink struct {
+	name      string
+	open      func(t *testing.T, ns string, nsFD int) int
+	isSocket  bool
+	rxOffload bool
+}
+
+var kernelLinks = []kernelLink{
+	{name: "tap", open: openTAPLink},
+	{name: "af_packet", open: openPacketLink, isSocket: true, rxOffload: true},
+}
+
+// openTAPLink creates TAP device tap0 in the namespace and gives the kernel
+// its address on it. The device goes with its fd.
+func openTAPLink(t *testing.T, ns string, nsFD int) int {
+	const dev = "tap0"
+	fd, err := inNetns(nsFD, func() (int, error) { return openTAP(dev) })
+	require.NoError(t, err)
+	t.Cleanup(func() { unix.Close(fd) })
+	ip(t, "-n", ns, "addr", "add", fmt.Sprintf("%s/%d", tapKernelAddr, tapPrefix), "dev", dev)
+	ip(t, "-n", ns, "link", "set", dev, "up")
+	return fd
+}
+
+// openPacketLink creates veth pair veth0 (the kernel's, with its address)
+// and veth1 (with the endpoint's MAC) in the namespace, and returns an
+// AF_PACKET socket bound to veth1. veth0 sends one segment per skb
+// (gso_max_segs 1): a GSO packet would reach the socket as one frame past
+// the MTU, which the endpoint drops.
+func openPacketLink(t *testing.T, ns string, nsFD int) int {
+	ip(t, "-n", ns, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1")
+	ip(t, "-n", ns, "link", "set", "veth0", "gso_max_segs", "1")
+	ip(t, "-n", ns, "link", "set", "veth1", "address", net.HardwareAddr(ourMAC).String())
+	ip(t, "-n", ns, "addr", "add", fmt.Sprintf("%s/%d", tapKernelAddr, tapPrefix), "dev", "veth0")
+	ip(t, "-n", ns, "link", "set", "veth1", "up")
+	ip(t, "-n", ns, "link", "set", "veth0", "up")
+	fd, err := inNetns(nsFD, func() (int, error) {
+		ifi, err := net.InterfaceByName("veth1")
+		if err != nil {
+			return -1, err
+		}
+		proto := int(htons(unix.ETH_P_ALL))
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
+		if err != nil {
+			return -1, err
+		}
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
+			unix.Close(fd)
+			return -1, err
+		}
+		return fd, nil
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { unix.Close(fd) })
+	return fd
+}
+
+// htons converts a 16-bit value to network byte order.
+func htons(v uint16) uint16 {
+	return v<<8 | v>>8
+}
+
+// TestKernelStream has the Linux kernel send a TCP stream to a netstack
+// behind this endpoint, over a TAP device or an AF_PACKET socket, inside a
+// network namespace the test creates, and checks that every byte arrives.
+func TestKernelStream(t *testing.T) {
 	requireNetAdmin(t)
 	size := 32 << 20
 	if raceEnabled {
 		size = 4 << 20
 	}
-	tests := []struct {
-		name string
-		lro  bool // behind lroendpoint: fragments and batch ends
-	}{
-		{"lroendpoint", true},
-		{"bare", false},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			testTAPStream(t, tc.lro, size)
-		})
+	for _, kl := range kernelLinks {
+		for _, withLRO := range []bool{true, false} {
+			name := kl.name + "/bare"
+			if withLRO {
+				name = kl.name + "/lroendpoint"
+			}
+			t.Run(name, func(t *testing.T) {
+				testKernelStream(t, kl, withLRO, size)
+			})
+		}
 	}
 }
 
-func testTAPStream(t *testing.T, withLRO bool, size int) {
+func testKernelStream(t *testing.T, kl kernelLink, withLRO bool, size int) {
 	ns, nsFD := newNetns(t)
-	const dev = "tap0"
-	tapFD, err := inNetns(nsFD, func() (int, error) { return openTAP(dev) })
-	require.NoError(t, err)
-	t.Cleanup(func() { unix.Close(tapFD) })
 	ip(t, "-n", ns, "link", "set", "lo", "up")
-	ip(t, "-n", ns, "addr", "add", fmt.Sprintf("%s/%d", tapKernelAddr, tapPrefix), "dev", dev)
-	ip(t, "-n", ns, "link", "set", dev, "up")
+	fd := kl.open(t, ns, nsFD)
 
-	le, err := New(&Options{FDs: []int{tapFD}, MTU: 1500, EthernetHeader: true, Address: ourMAC})
+	le, err := New(&Options{FDs: []int{fd}, MTU: 1500, EthernetHeader: true, Address: ourMAC, RXChecksumOffload: kl.rxOffload})
 	require.NoError(t, err)
 	ep := le.(*Endpoint)
-	require.False(t, ep.sys.links[0].isSocket, "a TAP fd is read with read, not recvmmsg")
+	require.Equal(t, kl.isSocket, ep.sys.links[0].isSocket, "read with recvmmsg if and only if a socket")
 	var nicEP stack.LinkEndpoint = ep
 	var lep *lroendpoint.Endpoint
 	if withLRO {
