@@ -137,7 +137,7 @@ func TestSteadyStateAllocs(t *testing.T) {
 			})
 			require.False(t, timedOut, "frames not delivered within %v", waitLimit)
 			require.Zero(t, allocs, "allocations per batch of %d frames", frames)
-			require.Equal(t, d.target.Load(), e.Stats().Delivered())
+			waitUntil(t, "the last batch to be counted", nil, func() bool { return e.Stats().Delivered() == d.target.Load() })
 		})
 	}
 }

@@ -67,14 +67,15 @@ func waitGoroutines(t testing.TB, n int) {
 	waitUntil(t, "goroutines to exit", nil, func() bool { return runtime.NumGoroutine() <= n })
 }
 
-// waitFrames waits until e has read n frames.
+// waitFrames waits until e has read n frames and counted them all: the
+// frames r got are those e says it delivered, the rest are counted as
+// drops.
 func waitFrames(t testing.TB, e *Endpoint, r *recorder, n uint64) {
 	t.Helper()
-	var notify <-chan struct{}
-	if r != nil {
-		notify = r.notify
-	}
-	waitUntil(t, "frames to be read", notify, func() bool { return e.Stats().Frames >= n })
+	waitUntil(t, "frames to be read and counted", r.notify, func() bool {
+		s := e.Stats()
+		return s.Frames >= n && s.Delivered() == uint64(len(r.frames()))
+	})
 }
 
 // makeFrame returns a frame of n bytes: with eth, an Ethernet header to

@@ -4,7 +4,8 @@ import "sync/atomic"
 
 // Stats is a snapshot of an Endpoint's counters. Every frame read is
 // counted in Frames and Bytes and then either delivered or counted in
-// exactly one of the Dropped fields.
+// exactly one of the Dropped fields. Counters are read one by one while
+// dispatch goes on, so a snapshot may catch a batch half counted.
 type Stats struct {
 	// Frames is the number of frames read from the fds, dropped ones
 	// included.
@@ -72,9 +73,10 @@ func (c *counters) add(b *batchCount) {
 	if b.frames == 0 {
 		return
 	}
+	// Frames after batches and bytes, drops last: see snapshot.
 	c.batches.Add(1)
-	c.frames.Add(b.frames)
 	c.bytes.Add(b.bytes)
+	c.frames.Add(b.frames)
 	for _, f := range [...]struct {
 		n uint64
 		c *atomic.Uint64
@@ -101,18 +103,21 @@ func (b *batchCount) count(v verdict) {
 	}
 }
 
-// snapshot reads every counter.
+// snapshot reads every counter. It reads the drops before the frames,
+// which add adds first, so that a snapshot taken while batches end never
+// has more drops than frames. Once a snapshot shows a batch's frames, it
+// shows its bytes and the batch too.
 func (c *counters) snapshot() Stats {
-	return Stats{
-		Frames:           c.frames.Load(),
-		Bytes:            c.bytes.Load(),
-		Batches:          c.batches.Load(),
-		DroppedRunt:      c.runt.Load(),
-		DroppedOversized: c.oversized.Load(),
-		DroppedNotForUs:  c.notForUs.Load(),
-		DroppedNotIP:     c.notIP.Load(),
-		DroppedDetached:  c.detached.Load(),
-		Written:          c.written.Load(),
-		WriteErrors:      c.writeErrors.Load(),
-	}
+	var s Stats
+	s.DroppedRunt = c.runt.Load()
+	s.DroppedOversized = c.oversized.Load()
+	s.DroppedNotForUs = c.notForUs.Load()
+	s.DroppedNotIP = c.notIP.Load()
+	s.DroppedDetached = c.detached.Load()
+	s.Batches = c.batches.Load()
+	s.Bytes = c.bytes.Load()
+	s.Frames = c.frames.Load()
+	s.Written = c.written.Load()
+	s.WriteErrors = c.writeErrors.Load()
+	return s
 }

@@ -158,49 +158,68 @@ func openTAP(name string) (int, error) {
 
 // kernelLink sets up, in the network namespace ns (nsFD), the device the
 // kernel sends through, with the kernel's address on it, and returns the
-// fd the endpoint reads: a TAP device's, or an AF_PACKET socket's on the
-// far end of a veth pair. It also says whether that fd is a socket and
+// fds the endpoint reads: a TAP device's, or AF_PACKET sockets' on the far
+// end of a veth pair. It also says whether those fds are sockets and
 // whether the kernel leaves checksums to be filled in (a veth's
-// CHECKSUM_PARTIAL), so the endpoint must report RX checksum offload as
-// gVisor's runsc does over AF_PACKET.
+// CHECKSUM_PARTIAL), so that the endpoint must report RX checksum offload,
+// as gVisor's runsc does over AF_PACKET.
 type kernelLink struct {
 	name      string
-	open      func(t *testing.T, ns string, nsFD int) int
+	open      func(t *testing.T, ns string, nsFD int) []int
 	isSocket  bool
 	rxOffload bool
 }
 
 var kernelLinks = []kernelLink{
 	{name: "tap", open: openTAPLink},
-	{name: "af_packet", open: openPacketLink, isSocket: true, rxOffload: true},
+	{name: "af_packet", open: openPacketLink(1), isSocket: true, rxOffload: true},
+	{name: "af_packet-fanout", open: openPacketLink(2), isSocket: true, rxOffload: true},
 }
 
 // openTAPLink creates TAP device tap0 in the namespace and gives the kernel
 // its address on it. The device goes with its fd.
-func openTAPLink(t *testing.T, ns string, nsFD int) int {
+func openTAPLink(t *testing.T, ns string, nsFD int) []int {
 	const dev = "tap0"
 	fd, err := inNetns(nsFD, func() (int, error) { return openTAP(dev) })
 	require.NoError(t, err)
 	t.Cleanup(func() { unix.Close(fd) })
 	ip(t, "-n", ns, "addr", "add", fmt.Sprintf("%s/%d", tapKernelAddr, tapPrefix), "dev", dev)
 	ip(t, "-n", ns, "link", "set", dev, "up")
-	return fd
+	return []int{fd}
 }
 
-// openPacketLink creates veth pair veth0 (the kernel's, with its address)
-// and veth1 (with the endpoint's MAC) in the namespace, and returns an
-// AF_PACKET socket bound to veth1. veth0 sends one segment per skb
-// (gso_max_segs 1): a GSO packet would reach the socket as one frame past
-// the MTU, which the endpoint drops.
-func openPacketLink(t *testing.T, ns string, nsFD int) int {
+// openPacketLink returns a kernelLink.open that creates veth pair veth0
+// (the kernel's, with its address) and veth1 (with the endpoint's MAC) in
+// the namespace, and returns n AF_PACKET sockets bound to veth1, which New
+// puts in one fanout group. veth0 sends one segment per skb (gso_max_segs
+// 1): a GSO packet would reach the socket as one frame past the MTU, which
+// the endpoint drops.
+func openPacketLink(n int) func(t *testing.T, ns string, nsFD int) []int {
+	return func(t *testing.T, ns string, nsFD int) []int {
+		setupVeth(t, ns)
+		var fds []int
+		for range n {
+			fds = append(fds, openPacketSocket(t, nsFD, "veth1"))
+		}
+		return fds
+	}
+}
+
+// setupVeth creates veth0 and veth1 in the namespace; see openPacketLink.
+func setupVeth(t *testing.T, ns string) {
 	ip(t, "-n", ns, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1")
 	ip(t, "-n", ns, "link", "set", "veth0", "gso_max_segs", "1")
 	ip(t, "-n", ns, "link", "set", "veth1", "address", net.HardwareAddr(ourMAC).String())
 	ip(t, "-n", ns, "addr", "add", fmt.Sprintf("%s/%d", tapKernelAddr, tapPrefix), "dev", "veth0")
 	ip(t, "-n", ns, "link", "set", "veth1", "up")
 	ip(t, "-n", ns, "link", "set", "veth0", "up")
+}
+
+// openPacketSocket returns an AF_PACKET socket bound to dev in the
+// namespace nsFD, closed when the test ends.
+func openPacketSocket(t *testing.T, nsFD int, dev string) int {
 	fd, err := inNetns(nsFD, func() (int, error) {
-		ifi, err := net.InterfaceByName("veth1")
+		ifi, err := net.InterfaceByName(dev)
 		if err != nil {
 			return -1, err
 		}
@@ -250,12 +269,26 @@ func TestKernelStream(t *testing.T) {
 func testKernelStream(t *testing.T, kl kernelLink, withLRO bool, size int) {
 	ns, nsFD := newNetns(t)
 	ip(t, "-n", ns, "link", "set", "lo", "up")
-	fd := kl.open(t, ns, nsFD)
+	fds := kl.open(t, ns, nsFD)
 
-	le, err := New(&Options{FDs: []int{fd}, MTU: 1500, EthernetHeader: true, Address: ourMAC, RXChecksumOffload: kl.rxOffload})
+	le, err := New(&Options{FDs: fds, MTU: 1500, EthernetHeader: true, Address: ourMAC, RXChecksumOffload: kl.rxOffload})
 	require.NoError(t, err)
 	ep := le.(*Endpoint)
 	require.Equal(t, kl.isSocket, ep.sys.links[0].isSocket, "read with recvmmsg if and only if a socket")
+	if len(fds) > 1 {
+		// One PACKET_FANOUT_HASH group for all, so that a flow stays
+		// on one socket.
+		var groups []int
+		for _, fd := range fds {
+			g, err := unix.GetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_FANOUT)
+			require.NoError(t, err)
+			groups = append(groups, g)
+		}
+		assert.Equal(t, unix.PACKET_FANOUT_HASH, groups[0]>>16&0xff, "fanout mode")
+		for _, g := range groups[1:] {
+			assert.Equal(t, groups[0]&0xffff, g&0xffff, "fanout group id")
+		}
+	}
 	var nicEP stack.LinkEndpoint = ep
 	var lep *lroendpoint.Endpoint
 	if withLRO {
