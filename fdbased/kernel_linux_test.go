@@ -35,9 +35,9 @@ import (
 // creates: the kernel side of the TAP device, and the netstack behind
 // this endpoint.
 var (
-	tapKernelAddr = "10.213.0.1"
-	tapStackAddr  = tcpip.AddrFrom4([4]byte{10, 213, 0, 2})
-	tapPrefix     = 24
+	kernelAddr = "10.213.0.1"
+	stackAddr  = tcpip.AddrFrom4([4]byte{10, 213, 0, 2})
+	netPrefix     = 24
 )
 
 // transferLimit bounds the kernel stream test's TCP transfer, a hang
@@ -135,10 +135,10 @@ func inNetns[T any](nsFD int, f func() (T, error)) (T, error) {
 	return r.v, r.err
 }
 
-// openTAP creates the TAP device name (IFF_TAP|IFF_NO_PI) in the current
-// thread's network namespace and returns its fd. The device lives as long
-// as the fd.
-func openTAP(name string) (int, error) {
+// openTUNTAP creates the TAP (IFF_TAP) or TUN (IFF_TUN) device name,
+// without packet information (IFF_NO_PI), in the current thread's network
+// namespace and returns its fd. The device lives as long as the fd.
+func openTUNTAP(name string, mode uint16) (int, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return -1, err
@@ -148,7 +148,7 @@ func openTAP(name string) (int, error) {
 		unix.Close(fd)
 		return -1, err
 	}
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI)
+	ifr.SetUint16(mode | unix.IFF_NO_PI)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
 		return -1, fmt.Errorf("TUNSETIFF %s: %w", name, err)
@@ -166,26 +166,30 @@ func openTAP(name string) (int, error) {
 type kernelLink struct {
 	name      string
 	open      func(t *testing.T, ns string, nsFD int) []int
+	ethernet  bool // frames carry an Ethernet header
 	isSocket  bool
 	rxOffload bool
 }
 
 var kernelLinks = []kernelLink{
-	{name: "tap", open: openTAPLink},
-	{name: "af_packet", open: openPacketLink(1), isSocket: true, rxOffload: true},
-	{name: "af_packet-fanout", open: openPacketLink(2), isSocket: true, rxOffload: true},
+	{name: "tap", open: openTUNTAPLink("tap0", unix.IFF_TAP), ethernet: true},
+	{name: "tun", open: openTUNTAPLink("tun0", unix.IFF_TUN)},
+	{name: "af_packet", open: openPacketLink(1), ethernet: true, isSocket: true, rxOffload: true},
+	{name: "af_packet-fanout", open: openPacketLink(2), ethernet: true, isSocket: true, rxOffload: true},
 }
 
-// openTAPLink creates TAP device tap0 in the namespace and gives the kernel
-// its address on it. The device goes with its fd.
-func openTAPLink(t *testing.T, ns string, nsFD int) []int {
-	const dev = "tap0"
-	fd, err := inNetns(nsFD, func() (int, error) { return openTAP(dev) })
-	require.NoError(t, err)
-	t.Cleanup(func() { unix.Close(fd) })
-	ip(t, "-n", ns, "addr", "add", fmt.Sprintf("%s/%d", tapKernelAddr, tapPrefix), "dev", dev)
-	ip(t, "-n", ns, "link", "set", dev, "up")
-	return []int{fd}
+// openTUNTAPLink returns a kernelLink.open that creates TAP or TUN device
+// dev in the namespace (see openTUNTAP) and gives the kernel its address
+// on it.
+func openTUNTAPLink(dev string, mode uint16) func(t *testing.T, ns string, nsFD int) []int {
+	return func(t *testing.T, ns string, nsFD int) []int {
+		fd, err := inNetns(nsFD, func() (int, error) { return openTUNTAP(dev, mode) })
+		require.NoError(t, err)
+		t.Cleanup(func() { unix.Close(fd) })
+		ip(t, "-n", ns, "addr", "add", fmt.Sprintf("%s/%d", kernelAddr, netPrefix), "dev", dev)
+		ip(t, "-n", ns, "link", "set", dev, "up")
+		return []int{fd}
+	}
 }
 
 // openPacketLink returns a kernelLink.open that creates veth pair veth0
@@ -210,7 +214,7 @@ func setupVeth(t *testing.T, ns string) {
 	ip(t, "-n", ns, "link", "add", "veth0", "type", "veth", "peer", "name", "veth1")
 	ip(t, "-n", ns, "link", "set", "veth0", "gso_max_segs", "1")
 	ip(t, "-n", ns, "link", "set", "veth1", "address", net.HardwareAddr(ourMAC).String())
-	ip(t, "-n", ns, "addr", "add", fmt.Sprintf("%s/%d", tapKernelAddr, tapPrefix), "dev", "veth0")
+	ip(t, "-n", ns, "addr", "add", fmt.Sprintf("%s/%d", kernelAddr, netPrefix), "dev", "veth0")
 	ip(t, "-n", ns, "link", "set", "veth1", "up")
 	ip(t, "-n", ns, "link", "set", "veth0", "up")
 }
@@ -271,7 +275,7 @@ func testKernelStream(t *testing.T, kl kernelLink, withLRO bool, size int) {
 	ip(t, "-n", ns, "link", "set", "lo", "up")
 	fds := kl.open(t, ns, nsFD)
 
-	le, err := New(&Options{FDs: fds, MTU: 1500, EthernetHeader: true, Address: ourMAC, RXChecksumOffload: kl.rxOffload})
+	le, err := New(&Options{FDs: fds, MTU: 1500, EthernetHeader: kl.ethernet, Address: ourMAC, RXChecksumOffload: kl.rxOffload})
 	require.NoError(t, err)
 	ep := le.(*Endpoint)
 	require.Equal(t, kl.isSocket, ep.sys.links[0].isSocket, "read with recvmmsg if and only if a socket")
@@ -311,13 +315,13 @@ func testKernelStream(t *testing.T, kl kernelLink, withLRO bool, size int) {
 	require.Nil(t, s.CreateNIC(1, nicEP))
 	require.Nil(t, s.AddProtocolAddress(1, tcpip.ProtocolAddress{
 		Protocol:          ipv4.ProtocolNumber,
-		AddressWithPrefix: tcpip.AddressWithPrefix{Address: tapStackAddr, PrefixLen: tapPrefix},
+		AddressWithPrefix: tcpip.AddressWithPrefix{Address: stackAddr, PrefixLen: netPrefix},
 	}, stack.AddressProperties{}))
-	subnet := tcpip.AddressWithPrefix{Address: tapStackAddr, PrefixLen: tapPrefix}.Subnet()
+	subnet := tcpip.AddressWithPrefix{Address: stackAddr, PrefixLen: netPrefix}.Subnet()
 	s.SetRouteTable([]tcpip.Route{{Destination: subnet, NIC: 1}})
 
 	const port = 5201
-	ln, err := gonet.ListenTCP(s, tcpip.FullAddress{NIC: 1, Addr: tapStackAddr, Port: port}, ipv4.ProtocolNumber)
+	ln, err := gonet.ListenTCP(s, tcpip.FullAddress{NIC: 1, Addr: stackAddr, Port: port}, ipv4.ProtocolNumber)
 	require.NoError(t, err)
 	defer ln.Close()
 
@@ -347,7 +351,7 @@ func testKernelStream(t *testing.T, kl kernelLink, withLRO bool, size int) {
 	want := sha256.Sum256(payload)
 	conn, err := inNetns(nsFD, func() (net.Conn, error) {
 		d := net.Dialer{Deadline: deadline}
-		return d.Dial("tcp", net.JoinHostPort(tapStackAddr.String(), strconv.Itoa(port)))
+		return d.Dial("tcp", net.JoinHostPort(stackAddr.String(), strconv.Itoa(port)))
 	})
 	if err != nil {
 		ln.Close() // ends the Accept
