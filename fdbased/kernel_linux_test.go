@@ -37,7 +37,7 @@ import (
 var (
 	kernelAddr = "10.213.0.1"
 	stackAddr  = tcpip.AddrFrom4([4]byte{10, 213, 0, 2})
-	netPrefix     = 24
+	netPrefix  = 24
 )
 
 // transferLimit bounds the kernel stream test's TCP transfer, a hang
