@@ -61,17 +61,20 @@ type Options struct {
 	TXChecksumOffload bool
 
 	// ClosedFunc, if not nil, is called when a dispatch loop ends on its
-	// own: with &tcpip.ErrClosedForReceive{} when the fd's peer closed its
-	// end, or with the error that reading failed with. It is not called
-	// when Attach(nil) or Close stops the loop. It runs on the dispatch
-	// goroutine, so it must not wait for Close, Attach(nil) or Wait to
-	// return.
+	// own: with &tcpip.ErrClosedForReceive{} when the fd reached its end
+	// (a seqpacket peer or a pipe's writer closed), with
+	// &tcpip.ErrConnectionReset{} when poll reports a hang-up or an error
+	// and nothing is left to read, or with the error that reading failed
+	// with. It is not called when Attach(nil) or Close stops the loop. It
+	// runs on the dispatch goroutine, so it must not wait for Close,
+	// Attach(nil) or Wait to return.
 	ClosedFunc func(tcpip.Error)
 }
 
 // Endpoint is a stack.LinkEndpoint over file descriptors that reads frames
 // in batches and tells the dispatcher where each batch ends. New returns
-// one; its zero value is not usable.
+// one; its zero value is not usable. Its methods are safe for concurrent
+// use.
 type Endpoint struct {
 	hdrSize   int // link header length: 0 or header.EthernetMinimumSize
 	batchSize int
