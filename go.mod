@@ -8,6 +8,7 @@ require (
 )
 
 require (
+	github.com/google/btree v1.1.2 // indirect
 	go.yaml.in/yaml/v3 v3.0.5 // indirect
 	golang.org/x/exp v0.0.0-20250711185948-6ae5c78190dc // indirect
 	golang.org/x/sys v0.43.0 // indirect
