@@ -1,0 +1,286 @@
+// Command netstack-server measures TCP transfers into gVisor's netstack with
+// and without netlro, the way iperf3 would.
+//
+// With no arguments it runs an in-process comparison: two netstacks joined
+// by a unix SOCK_SEQPACKET socketpair (MTU 1500), the sender (gVisor's
+// fdbased, GSO off) in a child process so that the CPU time measured is the
+// receiver's alone, and one row per receiver link endpoint:
+//
+//	netstack        gVisor's fdbased, no offload
+//	gvisor-gro      gVisor's fdbased with GRO and RXChecksumOffload
+//	fdbased         this project's fdbased, no LRO
+//	netlro          this project's fdbased wrapped by lroendpoint
+//	netlro-reseg    the same with lro.Config{Resegmentable: true}
+//	netlro-offload  the same with lro.Config{ClaimChecksumOffload: true}
+//
+// Every stream is a seeded pseudo-random byte stream whose SHA-256 the
+// receiver compares with the sender's.
+//
+// -tap (root) has the Linux kernel's TCP send instead, from a network
+// namespace through a TAP device. -listen with -tap-name serves the iperf3
+// protocol on an existing TAP device, so that an unmodified iperf3 -c
+// measures netstack with netlro.
+//
+// Usage:
+//
+//	netstack-server [-time 3s | -bytes 1G] [-mode M] [-streams N] [-ipv6]
+//	                [-mtu 1500] [-impair PROFILE] [-json] [-cpuprofile F] [-pcap F]
+//	netstack-server -tap [same flags]
+//	netstack-server -listen 192.0.2.2:5201 -tap-name tap0 [-mode M]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/netlro/netlro/internal/iperf"
+)
+
+// exitUsage is the exit code for a wrong command line or a missing
+// privilege, as flag uses.
+const exitUsage = 2
+
+// options are the parsed command line.
+type options struct {
+	duration   time.Duration
+	bytes      int64
+	mode       string
+	streams    int
+	ipv6       bool
+	mtu        uint
+	impair     string
+	json       bool
+	cpuprofile string
+	pcap       string
+	seed       uint64
+	tap        bool
+	listen     string
+	tapName    string
+	sender     bool // hidden: run as the sending child
+}
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	var o options
+	fs := flag.NewFlagSet("netstack-server", flag.ContinueOnError)
+	fs.DurationVar(&o.duration, "time", 3*time.Second, "how long each row sends (ignored with -bytes)")
+	bytesFlag := fs.String("bytes", "", "bytes each row sends, over all streams (e.g. 512M, 2G); overrides -time")
+	fs.StringVar(&o.mode, "mode", "", "run one row: "+modeNames())
+	fs.IntVar(&o.streams, "streams", 1, "parallel TCP connections")
+	fs.BoolVar(&o.ipv6, "ipv6", false, "use IPv6 instead of IPv4")
+	fs.UintVar(&o.mtu, "mtu", iperf.DefaultMTU, "link MTU")
+	fs.StringVar(&o.impair, "impair", "", "impair the in-process link: "+profileNames())
+	fs.BoolVar(&o.json, "json", false, "print results as JSON")
+	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of the receiving process to `file`")
+	fs.StringVar(&o.pcap, "pcap", "", "capture what the receiver's netstack receives (after merging) to `file`; with several rows, one file per row")
+	fs.Uint64Var(&o.seed, "seed", 1, "seed of the pseudo-random payload")
+	fs.BoolVar(&o.tap, "tap", false, "the Linux kernel's TCP sends, from a network namespace through a TAP device (root)")
+	fs.StringVar(&o.listen, "listen", "", "serve the iperf3 protocol at `addr:port` on the TAP device -tap-name")
+	fs.StringVar(&o.tapName, "tap-name", "", "existing TAP device for -listen")
+	fs.BoolVar(&o.sender, senderFlag, false, "internal: run as the sending child process")
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		return exitUsage
+	}
+	if o.sender {
+		return runSenderChild()
+	}
+	if *bytesFlag != "" {
+		n, err := parseBytes(*bytesFlag)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "netstack-server: -bytes: %v\n", err)
+			return exitUsage
+		}
+		o.bytes = n
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var err error
+	switch {
+	case o.listen != "" || o.tapName != "":
+		err = runListen(ctx, o)
+	default:
+		err = runTable(ctx, o)
+	}
+	var ue usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ue):
+		fmt.Fprintf(os.Stderr, "netstack-server: %v\n", err)
+		return exitUsage
+	case ctx.Err() != nil:
+		fmt.Fprintln(os.Stderr, "netstack-server: interrupted")
+		return 1
+	default:
+		fmt.Fprintf(os.Stderr, "netstack-server: %v\n", err)
+		return 1
+	}
+}
+
+// usageError is a wrong command line or a missing privilege: exit code 2.
+type usageError struct{ msg string }
+
+func (e usageError) Error() string { return e.msg }
+
+// runTable runs the comparison rows and prints the table.
+func runTable(ctx context.Context, o options) error {
+	cfg, modes, err := tableConfig(o)
+	if err != nil {
+		return err
+	}
+	if o.cpuprofile != "" {
+		f, err := os.Create(o.cpuprofile)
+		if err != nil {
+			return fmt.Errorf("-cpuprofile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("-cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	var env runEnv
+	if o.tap {
+		tenv, err := newTapEnv(ctx)
+		if err != nil {
+			return err
+		}
+		defer tenv.Close()
+		env = tenv
+	} else {
+		env = socketpairEnv{}
+	}
+	out := newTable(os.Stdout, o.json)
+	out.header(env.describe(cfg, o))
+	var results []iperf.Result
+	for _, m := range modes {
+		cfg := cfg
+		cfg.Mode = m
+		closePcap, err := openPcap(&cfg, o.pcap, len(modes) > 1)
+		if err != nil {
+			return err
+		}
+		cfg.Progress = out.progress(m)
+		res, err := env.run(ctx, cfg)
+		closePcap()
+		out.clearProgress()
+		if err != nil {
+			return err
+		}
+		out.row(res)
+		results = append(results, res)
+	}
+	return out.finish(results)
+}
+
+// tableConfig turns the command line into a transfer config and the rows
+// to run.
+func tableConfig(o options) (iperf.Config, []iperf.Mode, error) {
+	cfg := iperf.Config{
+		IPv6: o.ipv6,
+		MTU:  uint32(o.mtu),
+		Send: iperf.SendOptions{Streams: o.streams, Bytes: o.bytes, Duration: o.duration, Seed: o.seed},
+	}
+	if o.streams < 1 {
+		return cfg, nil, usageError{fmt.Sprintf("-streams %d: want at least 1", o.streams)}
+	}
+	if o.mtu < 1280 || o.mtu > 65535 {
+		return cfg, nil, usageError{fmt.Sprintf("-mtu %d: want 1280 to 65535", o.mtu)}
+	}
+	if o.impair != "" {
+		p, err := iperf.ParseProfile(o.impair)
+		if err != nil {
+			return cfg, nil, usageError{err.Error()}
+		}
+		if o.tap && p.Impairs() {
+			return cfg, nil, usageError{"-impair " + o.impair + " changes frames on the in-process link; with -tap use tc netem in the namespace instead"}
+		}
+		cfg.Profile = p
+	}
+	modes := iperf.Modes
+	if o.mode != "" {
+		m, err := iperf.ParseMode(o.mode)
+		if err != nil {
+			return cfg, nil, usageError{err.Error()}
+		}
+		modes = []iperf.Mode{m}
+	}
+	return cfg, modes, nil
+}
+
+// runEnv is where the rows run: an in-process socketpair or a TAP device.
+type runEnv interface {
+	describe(cfg iperf.Config, o options) string
+	run(ctx context.Context, cfg iperf.Config) (iperf.Result, error)
+}
+
+// openPcap points cfg.Pcap at the capture file of cfg's row, if asked for.
+func openPcap(cfg *iperf.Config, name string, perRow bool) (func(), error) {
+	if name == "" {
+		return func() {}, nil
+	}
+	if perRow {
+		ext := ""
+		if i := strings.LastIndexByte(name, '.'); i > strings.LastIndexByte(name, '/') {
+			name, ext = name[:i], name[i:]
+		}
+		name = name + "-" + string(cfg.Mode) + ext
+	}
+	f, err := os.Create(name)
+	if err != nil {
+		return nil, fmt.Errorf("-pcap: %w", err)
+	}
+	cfg.Pcap = f
+	return func() { f.Close() }, nil
+}
+
+// parseBytes parses a byte count with an optional K, M or G suffix
+// (powers of 1024, as iperf3 reads them).
+func parseBytes(s string) (int64, error) {
+	mult := int64(1)
+	switch strings.ToUpper(s[len(s)-1:]) {
+	case "K":
+		mult = 1 << 10
+	case "M":
+		mult = 1 << 20
+	case "G":
+		mult = 1 << 30
+	}
+	if mult > 1 {
+		s = s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a positive byte count", s)
+	}
+	return n * mult, nil
+}
+
+func modeNames() string {
+	names := make([]string, len(iperf.Modes))
+	for i, m := range iperf.Modes {
+		names[i] = string(m)
+	}
+	return strings.Join(names, ", ")
+}
+
+func profileNames() string {
+	names := make([]string, len(iperf.Profiles))
+	for i, p := range iperf.Profiles {
+		names[i] = p.Name
+	}
+	return strings.Join(names, ", ")
+}

@@ -1,0 +1,178 @@
+package iperf
+
+import (
+	"fmt"
+	"strings"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	gfdbased "gvisor.dev/gvisor/pkg/tcpip/link/fdbased"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/netlro/netlro/fdbased"
+	"github.com/netlro/netlro/lro"
+	"github.com/netlro/netlro/lroendpoint"
+)
+
+// Mode names the receiver's link endpoint: the one thing that changes
+// between the rows of a comparison.
+type Mode string
+
+// The receiver link endpoints, in the order a comparison runs them.
+const (
+	// ModeNetstack is gVisor's fdbased (recvmmsg), no offload.
+	ModeNetstack Mode = "netstack"
+	// ModeGVisorGRO is gVisor's fdbased with its GRO, and
+	// RXChecksumOffload, without which netstack drops the merged IPv4
+	// packets whose checksums gVisor's GRO leaves stale.
+	ModeGVisorGRO Mode = "gvisor-gro"
+	// ModeFdbased is this project's fdbased without LRO: what the batched
+	// reader alone gains.
+	ModeFdbased Mode = "fdbased"
+	// ModeNetlro is this project's fdbased wrapped by lroendpoint with the
+	// zero lro.Config: receive in pages, flush at each batch end.
+	ModeNetlro Mode = "netlro"
+	// ModeNetlroReseg is ModeNetlro with lro.Config.Resegmentable.
+	ModeNetlroReseg Mode = "netlro-reseg"
+	// ModeNetlroOffload is ModeNetlro with lro.Config.ClaimChecksumOffload.
+	ModeNetlroOffload Mode = "netlro-offload"
+)
+
+// Modes lists every Mode, in the order a comparison runs them.
+var Modes = []Mode{ModeNetstack, ModeGVisorGRO, ModeFdbased, ModeNetlro, ModeNetlroReseg, ModeNetlroOffload}
+
+// ParseMode returns the Mode named s.
+func ParseMode(s string) (Mode, error) {
+	for _, m := range Modes {
+		if string(m) == s {
+			return m, nil
+		}
+	}
+	names := make([]string, len(Modes))
+	for i, m := range Modes {
+		names[i] = string(m)
+	}
+	return "", fmt.Errorf("iperf: unknown mode %q, want one of %s", s, strings.Join(names, ", "))
+}
+
+// LROConfig returns the engine configuration of m, and false for a mode
+// without netlro.
+func (m Mode) LROConfig() (lro.Config, bool) {
+	switch m {
+	case ModeNetlro:
+		return lro.Config{}, true
+	case ModeNetlroReseg:
+		return lro.Config{Resegmentable: true}, true
+	case ModeNetlroOffload:
+		return lro.Config{ClaimChecksumOffload: true}, true
+	}
+	return lro.Config{}, false
+}
+
+// ClaimsOffload reports whether m's engine runs with
+// lro.Config.ClaimChecksumOffload, so that it drops bad checksums instead
+// of passing them to netstack.
+func (m Mode) ClaimsOffload() bool {
+	cfg, _ := m.LROConfig()
+	return cfg.ClaimChecksumOffload
+}
+
+// LinkOptions describe the fd a link endpoint is built on.
+type LinkOptions struct {
+	// FD is a SOCK_SEQPACKET socket or a TAP/TUN device. The caller keeps
+	// it open until the stack using the endpoint is destroyed, and closes
+	// it after.
+	FD int
+	// MTU is the link MTU, without the link header.
+	MTU uint32
+	// EthernetHeader is set for a TAP device.
+	EthernetHeader bool
+	// Address is the endpoint's MAC address when EthernetHeader is set.
+	Address tcpip.LinkAddress
+}
+
+// Link is a receiver's link endpoint and the parts of it that keep
+// counters.
+type Link struct {
+	// Endpoint is what the NIC is created on.
+	Endpoint stack.LinkEndpoint
+
+	lro *lroendpoint.Endpoint
+	fd  *fdbased.Endpoint
+}
+
+// LROStats returns the engine's counters, and false for a mode without
+// netlro.
+func (l *Link) LROStats() (lro.Stats, bool) {
+	if l.lro == nil {
+		return lro.Stats{}, false
+	}
+	return l.lro.Stats(), true
+}
+
+// FDStats returns this project's fdbased counters, and false for a mode
+// that reads with gVisor's fdbased.
+func (l *Link) FDStats() (fdbased.Stats, bool) {
+	if l.fd == nil {
+		return fdbased.Stats{}, false
+	}
+	return l.fd.Stats(), true
+}
+
+// NewLink builds the receiver link endpoint of mode m on opts.FD.
+func NewLink(m Mode, opts LinkOptions) (*Link, error) {
+	switch m {
+	case ModeNetstack, ModeGVisorGRO:
+		gro := m == ModeGVisorGRO
+		ep, err := gfdbased.New(&gfdbased.Options{
+			FDs:                []int{opts.FD},
+			MTU:                opts.MTU,
+			EthernetHeader:     opts.EthernetHeader,
+			Address:            opts.Address,
+			PacketDispatchMode: gfdbased.RecvMMsg,
+			GRO:                gro,
+			RXChecksumOffload:  gro,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("iperf: %s: gVisor fdbased: %w", m, err)
+		}
+		return &Link{Endpoint: ep}, nil
+	case ModeFdbased, ModeNetlro, ModeNetlroReseg, ModeNetlroOffload:
+	default:
+		return nil, fmt.Errorf("iperf: unknown mode %q", m)
+	}
+	ep, err := fdbased.New(&fdbased.Options{
+		FDs:            []int{opts.FD},
+		MTU:            opts.MTU,
+		EthernetHeader: opts.EthernetHeader,
+		Address:        opts.Address,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("iperf: %s: fdbased: %w", m, err)
+	}
+	l := &Link{Endpoint: ep, fd: ep.(*fdbased.Endpoint)}
+	cfg, ok := m.LROConfig()
+	if !ok {
+		return l, nil
+	}
+	wrapped, err := lroendpoint.New(ep, cfg)
+	if err != nil {
+		ep.Close()
+		return nil, fmt.Errorf("iperf: %s: %w", m, err)
+	}
+	l.Endpoint, l.lro = wrapped, wrapped
+	return l, nil
+}
+
+// NewSenderLink builds the sender's link endpoint on fd: gVisor's fdbased
+// with GSO off, the same in every row.
+func NewSenderLink(fd int, mtu uint32) (stack.LinkEndpoint, error) {
+	ep, err := gfdbased.New(&gfdbased.Options{
+		FDs:                []int{fd},
+		MTU:                mtu,
+		PacketDispatchMode: gfdbased.RecvMMsg,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("iperf: sender: gVisor fdbased: %w", err)
+	}
+	return ep, nil
+}

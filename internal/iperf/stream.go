@@ -1,0 +1,217 @@
+package iperf
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// chunkSize is the size of one write and one read, iperf3's default TCP
+// block size.
+const chunkSize = 128 << 10
+
+// StreamResult is what one end saw of one TCP connection.
+type StreamResult struct {
+	// Bytes is the number of payload bytes written or read.
+	Bytes int64 `json:"bytes"`
+	// SHA256 is the hex SHA-256 of those bytes.
+	SHA256 string `json:"sha256"`
+}
+
+// payload returns the seeded pseudo-random byte stream number i of a run.
+// ChaCha8 makes it cheap enough not to limit the sender.
+func payload(seed uint64, i int) *rand.ChaCha8 {
+	var key [32]byte
+	binary.LittleEndian.PutUint64(key[0:], seed)
+	binary.LittleEndian.PutUint64(key[8:], uint64(i))
+	copy(key[16:], "netlro iperf ")
+	return rand.NewChaCha8(key)
+}
+
+// sendStream writes stream i of seed to c until limit bytes are written
+// (limit > 0) or until is reached, then closes c's write side and waits for
+// the peer to close, so that every byte was received when it returns.
+func sendStream(ctx context.Context, c net.Conn, seed uint64, i int, limit int64, until time.Time, sent *atomic.Int64) (StreamResult, error) {
+	src := payload(seed, i)
+	h := sha256.New()
+	buf := make([]byte, chunkSize)
+	var n int64
+	for ctx.Err() == nil {
+		want := int64(len(buf))
+		if limit > 0 {
+			want = min(want, limit-n)
+			if want == 0 {
+				break
+			}
+		} else if !time.Now().Before(until) {
+			break
+		}
+		b := buf[:want]
+		_, _ = src.Read(b) // never fails
+		h.Write(b)
+		w, err := c.Write(b)
+		n += int64(w)
+		sent.Add(int64(w))
+		if err != nil {
+			return StreamResult{}, fmt.Errorf("iperf: stream %d: write after %d bytes: %w", i, n, err)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return StreamResult{}, err
+	}
+	type closeWriter interface{ CloseWrite() error }
+	if cw, ok := c.(closeWriter); ok {
+		if err := cw.CloseWrite(); err != nil {
+			return StreamResult{}, fmt.Errorf("iperf: stream %d: close write: %w", i, err)
+		}
+	}
+	// The receiver closes once it has read everything: wait for that, so
+	// that the run's time covers every byte. context cancellation is
+	// handled by the caller closing c.
+	var one [1]byte
+	if _, err := c.Read(one[:]); err != nil && !errors.Is(err, io.EOF) {
+		return StreamResult{}, fmt.Errorf("iperf: stream %d: wait for receiver close: %w", i, err)
+	}
+	return StreamResult{Bytes: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+}
+
+// receiveStream reads c to the end, then closes it.
+func receiveStream(c net.Conn, received *atomic.Int64) (StreamResult, error) {
+	defer c.Close()
+	h := sha256.New()
+	buf := make([]byte, chunkSize)
+	var n int64
+	for {
+		r, err := c.Read(buf)
+		if r > 0 {
+			h.Write(buf[:r])
+			n += int64(r)
+			received.Add(int64(r))
+		}
+		if errors.Is(err, io.EOF) {
+			return StreamResult{Bytes: n, SHA256: hex.EncodeToString(h.Sum(nil))}, nil
+		}
+		if err != nil {
+			return StreamResult{}, fmt.Errorf("iperf: read after %d bytes: %w", n, err)
+		}
+	}
+}
+
+// SendOptions say what a sender sends.
+type SendOptions struct {
+	// Streams is the number of TCP connections, at least 1.
+	Streams int `json:"streams"`
+	// Bytes is the total to send, split evenly over the streams. 0 means
+	// send for Duration.
+	Bytes int64 `json:"bytes"`
+	// Duration is how long to send when Bytes is 0.
+	Duration time.Duration `json:"duration"`
+	// Seed selects the pseudo-random payload.
+	Seed uint64 `json:"seed"`
+}
+
+// SendResult is what a sender sent.
+type SendResult struct {
+	// Streams holds one result per connection, in stream order.
+	Streams []StreamResult `json:"streams"`
+	// Pump is what the impairing pump did, when there was one.
+	Pump *PumpStats `json:"pump,omitempty"`
+}
+
+// Bytes returns the total over all streams.
+func (r SendResult) Bytes() int64 {
+	var n int64
+	for _, s := range r.Streams {
+		n += s.Bytes
+	}
+	return n
+}
+
+// Dialer opens one connection to the receiver.
+type Dialer func(ctx context.Context) (net.Conn, error)
+
+// Send opens opts.Streams connections with dial, all before the first byte
+// is written, and sends a seeded stream on each. sent, if not nil, counts
+// bytes as they are written. Cancelling ctx closes every connection.
+func Send(ctx context.Context, dial Dialer, opts SendOptions, sent *atomic.Int64) (SendResult, error) {
+	if opts.Streams < 1 {
+		return SendResult{}, fmt.Errorf("iperf: %d streams: want at least 1", opts.Streams)
+	}
+	if sent == nil {
+		sent = new(atomic.Int64)
+	}
+	conns := make([]net.Conn, 0, opts.Streams)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i := range opts.Streams {
+		c, err := dial(ctx)
+		if err != nil {
+			return SendResult{}, fmt.Errorf("iperf: dial stream %d: %w", i, err)
+		}
+		conns = append(conns, c)
+	}
+	stop := context.AfterFunc(ctx, func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	defer stop()
+
+	until := time.Now().Add(opts.Duration)
+	res := SendResult{Streams: make([]StreamResult, opts.Streams)}
+	errs := make([]error, opts.Streams)
+	var wg sync.WaitGroup
+	for i, c := range conns {
+		limit := int64(0)
+		if opts.Bytes > 0 {
+			// Spread the remainder over the first streams.
+			limit = opts.Bytes / int64(opts.Streams)
+			if int64(i) < opts.Bytes%int64(opts.Streams) {
+				limit++
+			}
+			if limit == 0 {
+				limit = 1
+			}
+		}
+		wg.Go(func() {
+			res.Streams[i], errs[i] = sendStream(ctx, c, opts.Seed, i, limit, until, sent)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return SendResult{}, err
+	}
+	return res, nil
+}
+
+// Verify reports whether every stream the receiver read is one the sender
+// sent, byte for byte: the same number of streams, and the same multiset
+// of lengths and SHA-256 sums (the receiver does not know which stream a
+// connection carried).
+func Verify(sent SendResult, received []StreamResult) bool {
+	if len(sent.Streams) != len(received) {
+		return false
+	}
+	key := func(s StreamResult) string { return fmt.Sprintf("%s/%d", s.SHA256, s.Bytes) }
+	a := make([]string, len(received))
+	b := make([]string, len(received))
+	for i := range received {
+		a[i], b[i] = key(sent.Streams[i]), key(received[i])
+	}
+	slices.Sort(a)
+	slices.Sort(b)
+	return slices.Equal(a, b)
+}
