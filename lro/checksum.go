@@ -55,27 +55,26 @@ func pseudoHeaderSum(hdr []byte, v6 bool, n int) uint16 {
 // verifySegment checks the IPv4 header checksum and the TCP checksum of s
 // and keeps the payload's sum in s.sum, so the payload is summed once
 // (gro.dispatch4 sums it and forgets; wireguard-go's checksumValid too).
-// If the lower endpoint already validated the packet, the payload sum is
-// derived from the TCP checksum field instead of from the payload.
+// If the lower endpoint already validated the packet, nothing is compared,
+// but the payload is still summed: with the sender's checksum offload the
+// TCP checksum field may hold only the pseudo-header's sum (Linux
+// CHECKSUM_PARTIAL over veth or AF_PACKET), so it cannot stand in for the
+// payload's, and a merged packet must carry a real checksum.
 func verifySegment(r *packetRef, s *segment, validated bool) bool {
 	if s.fragment {
 		// Its TCP checksum covers bytes that are not here yet.
 		return validated || header.IPv4(s.hdr).IsChecksumValid()
 	}
-	pseudo := pseudoHeaderSum(s.hdr, s.v6, s.tcpLen+s.payload)
-	tcpHdr := s.hdr[s.ipLen : s.ipLen+s.tcpLen]
-	if validated {
-		// A valid segment sums to 0xffff over pseudo header, TCP header
-		// (checksum field included) and payload: the payload's sum is
-		// minus the other two.
-		s.sum = ^checksum.Checksum(tcpHdr, pseudo)
-		return true
-	}
-	if !s.v6 && !header.IPv4(s.hdr).IsChecksumValid() {
+	if !validated && !s.v6 && !header.IPv4(s.hdr).IsChecksumValid() {
 		return false
 	}
 	l, off := r.views()
 	s.sum = sumViews(l, off+s.ipLen+s.tcpLen, s.payload)
+	if validated {
+		return true
+	}
+	pseudo := pseudoHeaderSum(s.hdr, s.v6, s.tcpLen+s.payload)
+	tcpHdr := s.hdr[s.ipLen : s.ipLen+s.tcpLen]
 	return checksum.Checksum(tcpHdr, checksum.Combine(pseudo, s.sum)) == 0xffff
 }
 

@@ -59,6 +59,12 @@ type Config struct {
 	// per packet. 0 means DefaultFlushDelay; negative means never, for a
 	// lower endpoint that always ends its batches with Flush.
 	FlushDelay time.Duration
+	// LowerChecksumOffload says that the lower endpoint verified the
+	// checksums of every packet it delivers, as a link endpoint reporting
+	// stack.CapabilityRXChecksumOffload does; packets it delivers as
+	// fragments, which carry no RXChecksumValidated flag, are then trusted
+	// too. lroendpoint sets it from the lower endpoint's capabilities.
+	LowerChecksumOffload bool
 	// Shards is the number of independently locked parts of the flow
 	// table, rounded up to a power of two. 0 means one per CPU where each
 	// shard then holds at least 16 sessions, else one. Each shard holds
@@ -311,9 +317,8 @@ func (e *Engine) handle(proto tcpip.NetworkProtocolNumber, r *packetRef) {
 		if len(e.shards) > 1 {
 			s.flowHash(e.seed) // picks the shard
 		}
-		validated := r.pkt != nil && r.pkt.RXChecksumValidated
 		switch {
-		case !verifySegment(r, &s, validated):
+		case !verifySegment(r, &s, e.validated(r)):
 			v, s.reason = verdictPass, cPassBadChecksum
 		case s.fragment && e.cfg.ClaimChecksumOffload:
 			v = verdictPass // dropped by pass: nobody checks it later
@@ -330,11 +335,16 @@ func (e *Engine) handle(proto tcpip.NetworkProtocolNumber, r *packetRef) {
 	}
 }
 
+// validated reports whether the lower endpoint verified r's checksums.
+func (e *Engine) validated(r *packetRef) bool {
+	return e.cfg.LowerChecksumOffload || (r.pkt != nil && r.pkt.RXChecksumValidated)
+}
+
 // pass delivers a packet that belongs to no session, after the checks that
 // ClaimChecksumOffload owes netstack. Its flow is unknown or it is bad
 // input, so it needs no place in any flow's order.
 func (e *Engine) pass(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef, reason counter) {
-	if e.cfg.ClaimChecksumOffload && !(r.pkt != nil && r.pkt.RXChecksumValidated) {
+	if e.cfg.ClaimChecksumOffload && !e.validated(r) {
 		if reason == cPassBadChecksum {
 			sh.stats.inc(cDropBadChecksum)
 			return

@@ -241,21 +241,47 @@ func TestChecksumOffsets(t *testing.T) {
 }
 
 // TestValidatedByLowerEndpoint: a lower endpoint that validated checksums
-// spares the payload pass; the merged checksum, derived from the segments'
-// own checksum fields, is still correct.
+// is trusted, by the packet flag or by Config.LowerChecksumOffload for
+// fragments, even when the sender's offload left only the pseudo-header
+// sum in the TCP checksum field (Linux CHECKSUM_PARTIAL); the merged
+// packet still carries a correct checksum.
 func TestValidatedByLowerEndpoint(t *testing.T) {
-	for _, v6 := range []bool{false, true} {
-		in := stream(testpacket.TCP{V6: v6, TS: true}, []int{1447, 1448}, 5, nil)
-		rec := &recorder{}
-		e := newEngine(t, rec, Config{})
-		for _, b := range in {
-			pkt := testpacket.NewPacket(b)
-			pkt.RXChecksumValidated = true
-			e.DeliverNetworkPacket(testpacket.Proto(b), pkt)
-			pkt.DecRef()
+	partial := func(b []byte) []byte {
+		c := append([]byte(nil), b...)
+		l := ipLen(c)
+		tcp := header.TCP(c[l:])
+		src, dst := header.IPv4(c).SourceAddress(), header.IPv4(c).DestinationAddress()
+		if c[0]>>4 == 6 {
+			src, dst = header.IPv6(c).SourceAddress(), header.IPv6(c).DestinationAddress()
 		}
-		e.Flush()
-		requirePartition(t, in, rec.take(), []int{5})
+		tcp.SetChecksum(header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dst, uint16(len(tcp))))
+		return c
+	}
+	for _, v6 := range []bool{false, true} {
+		for _, p := range []path{viaPacket, viaFragments} {
+			t.Run(fmt.Sprintf("v6=%v/%s", v6, p), func(t *testing.T) {
+				in := stream(testpacket.TCP{V6: v6, TS: true}, []int{1447, 1448}, 5, nil)
+				rec := &recorder{}
+				e := newEngine(t, rec, Config{LowerChecksumOffload: p == viaFragments})
+				for _, b := range in {
+					b = partial(b)
+					if p == viaFragments {
+						e.DeliverFragments(testpacket.Proto(b), 0, bufferOf(b))
+						continue
+					}
+					pkt := testpacket.NewPacket(b)
+					pkt.RXChecksumValidated = true
+					e.DeliverNetworkPacket(testpacket.Proto(b), pkt)
+					pkt.DecRef()
+				}
+				e.Flush()
+				out := rec.take()
+				require.Equal(t, 1, len(out))
+				_, payload, err := testpacket.Check(out[0].data)
+				require.NoError(t, err, "the merged checksum is real")
+				assert.Equal(t, 1447*3+1448*2, len(payload))
+			})
+		}
 	}
 }
 

@@ -36,9 +36,14 @@ var (
 	_ lro.Flusher        = (*Endpoint)(nil)
 )
 
-// New wraps lower with an engine configured by cfg.
+// New wraps lower with an engine configured by cfg. If lower reports
+// stack.CapabilityRXChecksumOffload, the engine trusts its checksums
+// (lro.Config.LowerChecksumOffload).
 func New(lower stack.LinkEndpoint, cfg lro.Config) (*Endpoint, error) {
 	e := &Endpoint{lower: lower, claim: cfg.ClaimChecksumOffload}
+	if lower.Capabilities()&stack.CapabilityRXChecksumOffload != 0 {
+		cfg.LowerChecksumOffload = true
+	}
 	engine, err := lro.New((*upper)(e), cfg)
 	if err != nil {
 		return nil, err

@@ -132,3 +132,23 @@ func TestFlushPassesThrough(t *testing.T) {
 	assert.Equal(t, uint64(1), e.Stats().FlushBatch)
 	e.Attach(nil)
 }
+
+// TestTrustsLowerChecksumOffload: a lower endpoint that reports
+// CapabilityRXChecksumOffload verified what it delivers, so the engine
+// does not check again; segments merge even with partial checksums.
+func TestTrustsLowerChecksumOffload(t *testing.T) {
+	ch := channel.New(4, 1500, "")
+	ch.LinkEPCapabilities = stack.CapabilityRXChecksumOffload
+	e, err := New(ch, lro.Config{FlushDelay: -1})
+	require.NoError(t, err)
+	nic := &counter{}
+	e.Attach(nic)
+	for _, b := range testpacket.Segments(testpacket.TCP{}, testpacket.Payload(1, 3000), 1000) {
+		b[36], b[37] = 0, 0 // TCP checksum left to the (absent) offload
+		inject(ch, b)
+	}
+	e.Flush()
+	assert.Equal(t, 1, nic.pkts)
+	assert.Zero(t, e.Stats().PassBadChecksum)
+	e.Attach(nil)
+}
