@@ -18,6 +18,11 @@
 //   - at the end of the batch, if the dispatcher is an lro.Flusher, calls
 //     Flush once (inet_lro's lro_flush_all at the end of a NAPI poll).
 //
+// With several fds, each read by its own goroutine, a dispatcher that is an
+// lro.MultiQueue (the engine under lroendpoint) gets fd i's frames on its
+// Queue(i): each fd has a flow table of its own and ends only its own
+// sessions, as each NAPI context has its own GRO list.
+//
 // The data path:
 //
 //	fd --recvmmsg/read--> views (one pooled chunk per frame)

@@ -78,6 +78,7 @@ func newEndpoint(opts *Options) (*Endpoint, error) {
 	for i := range e.sys.links {
 		l := &e.sys.links[i]
 		l.r = newReader(e, l.fd, l.isSocket, stopFD, e.batchSize)
+		l.r.queue = i
 	}
 	return e, nil
 }

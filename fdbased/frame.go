@@ -33,13 +33,20 @@ type target struct {
 	rxValid  bool
 }
 
-// loadTarget reads the dispatcher and the receive settings for one batch.
-func (e *Endpoint) loadTarget(t *target) {
+// loadTarget reads the dispatcher and the receive settings for one batch
+// of receive queue queue. A dispatcher with per-queue engines
+// (lro.MultiQueue) gets each fd's frames on that fd's own engine, whose
+// Flush ends only its own sessions, as each NAPI context has its own GRO
+// list.
+func (e *Endpoint) loadTarget(t *target, queue int) {
 	e.mu.RLock()
 	t.d = e.dispatcher
 	t.addr = e.addr
 	t.maxFrame = e.hdrSize + int(e.mtu)
 	e.mu.RUnlock()
+	if mq, ok := t.d.(lro.MultiQueue); ok && queue > 0 {
+		t.d = mq.Queue(queue)
+	}
 	t.frag, _ = t.d.(lro.FragmentDispatcher)
 	t.flush, _ = t.d.(lro.Flusher)
 	t.rxValid = e.caps&stack.CapabilityRXChecksumOffload != 0

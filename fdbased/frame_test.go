@@ -80,7 +80,7 @@ func deliverOne(t testing.TB, data []byte, eth, frag bool, mtu int) (Stats, []ev
 		e.dispatcher = fragDispatcher{r}
 	}
 	var tgt target
-	e.loadTarget(&tgt)
+	e.loadTarget(&tgt, 0)
 	v := buffer.NewViewSize(e.bufSize())
 	n := copy(v.AsSlice(), data) // as read or recvmmsg would
 	var c batchCount

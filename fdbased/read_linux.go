@@ -22,6 +22,7 @@ type reader struct {
 	e        *Endpoint
 	fd       int
 	isSocket bool
+	queue    int // the fd's index in Options.FDs: its receive queue
 
 	// size is the length of every view in views, set from the MTU by
 	// refill.
@@ -198,7 +199,7 @@ func (r *reader) atEOF() bool {
 // whether the fd reached its end, after which nothing more can be read.
 func (r *reader) dispatch(n int) (eof bool) {
 	t := &r.t
-	r.e.loadTarget(t)
+	r.e.loadTarget(t, r.queue)
 	var c batchCount
 	for k := range n {
 		length := int(r.msgs[k].Len)
