@@ -16,3 +16,6 @@ func TestMain(m *testing.M) {
 	refs.DoLeakCheck()
 	os.Exit(code)
 }
+
+// testPid is this test process's pid, to name what the tests create.
+func testPid() int { return os.Getpid() }

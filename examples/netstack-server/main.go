@@ -154,7 +154,7 @@ func runTable(ctx context.Context, o options) error {
 	}
 	var env runEnv
 	if o.tap {
-		tenv, err := newTapEnv(ctx)
+		tenv, err := newTapEnv(ctx, cfg)
 		if err != nil {
 			return err
 		}

@@ -1,11 +1,79 @@
 package main
 
-import "context"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
 
-type tapEnv struct{ runEnv }
+	"gvisor.dev/gvisor/pkg/tcpip"
 
-func (tapEnv) Close() {}
+	"github.com/netlro/netlro/internal/iperf"
+	"github.com/netlro/netlro/internal/tapns"
+)
 
-func newTapEnv(ctx context.Context) (*tapEnv, error) {
-	return nil, usageError{"-tap is not implemented yet"}
+// netstackMAC is the receiving netstack's MAC address on a TAP device: a
+// locally administered unicast address.
+var netstackMAC = tcpip.LinkAddress("\x02\x00\x00\x00\x00\x02")
+
+// tapEnv runs rows with the Linux kernel's TCP sending from a network
+// namespace, through a TAP device the namespace holds, into netstack. The
+// sender runs in a child process started inside the namespace.
+type tapEnv struct {
+	ns *tapns.Namespace
+}
+
+// newTapEnv creates the namespace and the TAP device. Without the
+// privilege it fails with a usageError, exit code 2.
+func newTapEnv(ctx context.Context, cfg iperf.Config) (*tapEnv, error) {
+	if err := tapns.Check(); err != nil {
+		if errors.Is(err, tapns.ErrPrivilege) {
+			return nil, usageError{"-tap " + err.Error()}
+		}
+		return nil, usageError{"-tap: " + err.Error()}
+	}
+	mtu := int(cfg.MTU)
+	if mtu == 0 {
+		mtu = iperf.DefaultMTU
+	}
+	ns, err := tapns.New(ctx, tapns.Config{MTU: mtu, Addrs: kernelPrefixes()})
+	if err != nil {
+		return nil, err
+	}
+	return &tapEnv{ns: ns}, nil
+}
+
+// kernelPrefixes are the kernel side's addresses in the namespace: the
+// sender's, on the receiver's subnet.
+func kernelPrefixes() []netip.Prefix {
+	a4 := iperf.SenderAddr4.As4()
+	a6 := iperf.SenderAddr6.As16()
+	return []netip.Prefix{
+		netip.PrefixFrom(netip.AddrFrom4(a4), 24),
+		netip.PrefixFrom(netip.AddrFrom16(a6), 64),
+	}
+}
+
+// Close removes the namespace and the TAP device.
+func (t *tapEnv) Close() {
+	if err := t.ns.Close(); err != nil {
+		fmt.Fprintf(os.Stderr, "netstack-server: cleanup: %v\n", err)
+	}
+}
+
+func (t *tapEnv) describe(cfg iperf.Config, o options) string {
+	return fmt.Sprintf("the Linux kernel's TCP sends from network namespace %s through TAP device %s into netstack\n%s",
+		t.ns.Name, t.ns.IfName, describeRun(cfg))
+}
+
+func (t *tapEnv) run(ctx context.Context, cfg iperf.Config) (iperf.Result, error) {
+	_, receiver := cfg.Addrs()
+	remote := net.JoinHostPort(receiver.String(), strconv.Itoa(iperf.Port))
+	link := iperf.LinkOptions{FD: t.ns.FD, EthernetHeader: true, Address: netstackMAC}
+	return iperf.RunReceiver(ctx, cfg, link, func(ctx context.Context) (iperf.SendResult, error) {
+		return startSender(ctx, senderJob{Config: cfg, Kernel: true, Remote: remote}, t.ns.ExecPrefix(), nil)
+	})
 }
