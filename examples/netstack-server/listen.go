@@ -1,7 +1,98 @@
 package main
 
-import "context"
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
 
+	"golang.org/x/sys/unix"
+	"gvisor.dev/gvisor/pkg/tcpip"
+
+	"github.com/netlro/netlro/internal/iperf"
+	"github.com/netlro/netlro/internal/iperf3"
+	"github.com/netlro/netlro/internal/tapns"
+)
+
+// runListen serves the iperf3 protocol from a netstack on an existing TAP
+// device until ctx ends (Ctrl-C), printing netlro's counters after each
+// test.
 func runListen(ctx context.Context, o options) error {
-	return usageError{"-listen is not implemented yet"}
+	if o.listen == "" || o.tapName == "" {
+		return usageError{"-listen and -tap-name go together: -listen 192.0.2.2:5201 -tap-name tap0"}
+	}
+	ap, err := netip.ParseAddrPort(o.listen)
+	if err != nil {
+		return usageError{fmt.Sprintf("-listen %q: want address:port, e.g. 192.0.2.2:5201 or [2001:db8::2]:5201", o.listen)}
+	}
+	mode := iperf.ModeNetlro
+	if o.mode != "" {
+		if mode, err = iperf.ParseMode(o.mode); err != nil {
+			return usageError{err.Error()}
+		}
+	}
+	fd, err := tapns.OpenTAP(o.tapName)
+	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+		return usageError{fmt.Sprintf("-tap-name %s: %v: needs root, or a TAP device made for this user (ip tuntap add %s mode tap user $USER)", o.tapName, err, o.tapName)}
+	}
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+
+	var pcap io.Writer // a nil *os.File would not be a nil io.Writer
+	if o.pcap != "" {
+		f, err := os.Create(o.pcap)
+		if err != nil {
+			return fmt.Errorf("-pcap: %w", err)
+		}
+		defer f.Close()
+		pcap = f
+	}
+	addr := tcpip.AddrFromSlice(ap.Addr().Unmap().AsSlice())
+	link := iperf.LinkOptions{FD: fd, MTU: uint32(o.mtu), EthernetHeader: true, Address: netstackMAC}
+	rs, err := iperf.NewReceiverStack(mode, link, pcap, addr)
+	if err != nil {
+		return err
+	}
+	defer rs.Destroy()
+	ln, err := iperf.ListenTCP(rs.Stack, addr, ap.Port(), 0)
+	if err != nil {
+		return err
+	}
+
+	fmt.Printf("netstack-server: iperf3 server (%s) on %s, TAP device %s, MAC %s, MTU %d\n",
+		mode, net.JoinHostPort(addr.String(), strconv.Itoa(int(ap.Port()))), o.tapName, net.HardwareAddr(netstackMAC), o.mtu)
+	fmt.Println("run: iperf3 -c " + ap.Addr().String() + " -p " + strconv.Itoa(int(ap.Port())) + "   (Ctrl-C stops the server)")
+	srv := iperf3.NewServer(iperf3.Options{
+		Logf:      func(format string, args ...any) { fmt.Printf(format+"\n", args...) },
+		CPUTime:   iperf3.ProcessCPUTime,
+		OnTestEnd: func(t iperf3.Test) { printTest(t, rs) },
+	})
+	err = srv.Serve(ctx, ln)
+	if ctx.Err() != nil {
+		return nil // Ctrl-C is how the server ends
+	}
+	return err
+}
+
+// printTest prints one finished iperf3 test and the receiver's counters.
+func printTest(t iperf3.Test, rs *iperf.ReceiverStack) {
+	dir := "client to netstack"
+	if t.Reverse {
+		dir = "netstack to client (-R)"
+	}
+	fmt.Printf("test from %s: %s, %d stream(s), %s in %.2fs, %s\n",
+		t.Remote, dir, t.Streams, humanBytes(t.Bytes), t.Duration.Seconds(), bitrate(t.Gbps()))
+	fmt.Printf("  netstack: %d IP packets received since start\n", rs.Stack.Stats().IP.PacketsReceived.Value())
+	if st, ok := rs.Link.LROStats(); ok {
+		fmt.Printf("  netlro since start: %s\n", indent(st.String()))
+	}
+	if st, ok := rs.Link.FDStats(); ok {
+		fmt.Printf("  fdbased since start: %d frames in %d batches (%.1f per batch)\n", st.Frames, st.Batches, st.MeanBatch())
+	}
 }

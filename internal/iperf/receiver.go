@@ -23,10 +23,21 @@ type Receiver struct {
 	received atomic.Int64
 }
 
-// Listen listens on addr:port of s. A non-zero mss is advertised to every
-// peer instead of the one the MTU gives (TCP_MAXSEG on the listener, which
-// accepted connections inherit), so that peers send segments that small.
+// Listen listens on addr:port of s for a Receiver; mss is as for
+// ListenTCP.
 func Listen(s *stack.Stack, addr tcpip.Address, port uint16, mss int) (*Receiver, error) {
+	ln, err := ListenTCP(s, addr, port, mss)
+	if err != nil {
+		return nil, err
+	}
+	return &Receiver{ln: ln}, nil
+}
+
+// ListenTCP listens on addr:port of s. A non-zero mss is advertised to
+// every peer instead of the one the MTU gives (TCP_MAXSEG on the listener,
+// which accepted connections inherit), so that peers send segments that
+// small.
+func ListenTCP(s *stack.Stack, addr tcpip.Address, port uint16, mss int) (*gonet.TCPListener, error) {
 	var wq waiter.Queue
 	ep, terr := s.NewEndpoint(tcp.ProtocolNumber, proto(addr), &wq)
 	if terr != nil {
@@ -46,7 +57,7 @@ func Listen(s *stack.Stack, addr tcpip.Address, port uint16, mss int) (*Receiver
 		ep.Close()
 		return nil, fmt.Errorf("iperf: listen %s:%d: %s", addr, port, terr)
 	}
-	return &Receiver{ln: gonet.NewTCPListener(s, &wq, ep)}, nil
+	return gonet.NewTCPListener(s, &wq, ep), nil
 }
 
 // Received returns the number of bytes read so far, over all streams.

@@ -13,7 +13,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/link/qdisc/fifo"
-	"gvisor.dev/gvisor/pkg/tcpip/link/sniffer"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/netlro/netlro/fdbased"
@@ -128,26 +127,14 @@ type SendFunc func(ctx context.Context) (SendResult, error)
 func RunReceiver(ctx context.Context, cfg Config, link LinkOptions, send SendFunc) (Result, error) {
 	cfg = cfg.normalized()
 	link.MTU = cfg.MTU
-	l, err := NewLink(cfg.Mode, link)
-	if err != nil {
-		return Result{}, err
-	}
-	ep := l.Endpoint
-	if cfg.Pcap != nil {
-		snif, err := sniffer.NewWithWriter(ep, &lockedWriter{w: cfg.Pcap}, 1<<16)
-		if err != nil {
-			ep.Close()
-			return Result{}, fmt.Errorf("iperf: pcap: %w", err)
-		}
-		ep = snif
-	}
 	_, local := cfg.Addrs()
-	s, err := NewStack(ep, local)
+	rs, err := NewReceiverStack(cfg.Mode, link, cfg.Pcap, local)
 	if err != nil {
 		return Result{}, err
 	}
-	destroy := sync.OnceFunc(func() { DestroyStack(s, ep) })
+	destroy := sync.OnceFunc(rs.Destroy)
 	defer destroy()
+	s := rs.Stack
 	rcv, err := Listen(s, local, Port, cfg.Profile.MSS)
 	if err != nil {
 		return Result{}, err
@@ -204,10 +191,10 @@ func RunReceiver(ctx context.Context, cfg Config, link LinkOptions, send SendFun
 	for _, st := range got.Streams {
 		res.Bytes += st.Bytes
 	}
-	if st, ok := l.LROStats(); ok {
+	if st, ok := rs.Link.LROStats(); ok {
 		res.LRO = &st
 	}
-	if st, ok := l.FDStats(); ok {
+	if st, ok := rs.Link.FDStats(); ok {
 		res.FD = &st
 	}
 	return res, nil
@@ -322,17 +309,4 @@ func progress(ctx context.Context, r *Receiver, fn func(int64)) (stop func()) {
 		}
 	}()
 	return func() { cancel(); <-done }
-}
-
-// lockedWriter serializes writes: gVisor's sniffer writes one record per
-// Write call without a lock, and deliveries come from several goroutines.
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(b)
 }

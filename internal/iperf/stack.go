@@ -2,9 +2,12 @@ package iperf
 
 import (
 	"fmt"
+	"io"
+	"sync"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/sniffer"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
@@ -92,4 +95,56 @@ func proto(addr tcpip.Address) tcpip.NetworkProtocolNumber {
 func DestroyStack(s *stack.Stack, ep stack.LinkEndpoint) {
 	ep.Attach(nil)
 	s.Destroy()
+}
+
+// ReceiverStack is a receiving netstack on the link endpoint of a Mode.
+type ReceiverStack struct {
+	// Stack is the netstack; Destroy destroys it.
+	Stack *stack.Stack
+	// Link is its link endpoint, with the counters of its parts.
+	Link *Link
+
+	nicEP stack.LinkEndpoint // what the NIC was created on
+}
+
+// NewReceiverStack builds mode's link endpoint on link.FD and a netstack
+// on it owning addrs. A non-nil pcap receives a capture of every packet
+// the netstack receives, taken between the NIC and the endpoint, so that
+// merged packets are what it shows.
+func NewReceiverStack(mode Mode, link LinkOptions, pcap io.Writer, addrs ...tcpip.Address) (*ReceiverStack, error) {
+	l, err := NewLink(mode, link)
+	if err != nil {
+		return nil, err
+	}
+	ep := l.Endpoint
+	if pcap != nil {
+		snif, err := sniffer.NewWithWriter(ep, &lockedWriter{w: pcap}, 1<<16)
+		if err != nil {
+			ep.Close()
+			return nil, fmt.Errorf("iperf: pcap: %w", err)
+		}
+		ep = snif
+	}
+	s, err := NewStack(ep, addrs...)
+	if err != nil {
+		return nil, err
+	}
+	return &ReceiverStack{Stack: s, Link: l, nicEP: ep}, nil
+}
+
+// Destroy destroys the netstack and its link endpoint (DestroyStack).
+// The caller closes the fd after.
+func (r *ReceiverStack) Destroy() { DestroyStack(r.Stack, r.nicEP) }
+
+// lockedWriter serializes writes: gVisor's sniffer writes one record per
+// Write call without a lock, and deliveries come from several goroutines.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }
