@@ -21,7 +21,7 @@ import (
 // runListen serves the iperf3 protocol from a netstack on an existing TAP
 // device until ctx ends (Ctrl-C), printing netlro's counters after each
 // test.
-func runListen(ctx context.Context, o options) error {
+func runListen(ctx context.Context, o options, stdout io.Writer) error {
 	if o.listen == "" || o.tapName == "" {
 		return usageError{"-listen and -tap-name go together: -listen 192.0.2.2:5201 -tap-name tap0"}
 	}
@@ -65,13 +65,13 @@ func runListen(ctx context.Context, o options) error {
 		return err
 	}
 
-	fmt.Printf("netstack-server: iperf3 server (%s) on %s, TAP device %s, MAC %s, MTU %d\n",
+	fmt.Fprintf(stdout, "netstack-server: iperf3 server (%s) on %s, TAP device %s, MAC %s, MTU %d\n",
 		mode, net.JoinHostPort(addr.String(), strconv.Itoa(int(ap.Port()))), o.tapName, net.HardwareAddr(netstackMAC), o.mtu)
-	fmt.Println("run: iperf3 -c " + ap.Addr().String() + " -p " + strconv.Itoa(int(ap.Port())) + "   (Ctrl-C stops the server)")
+	fmt.Fprintf(stdout, "run: iperf3 -c %s -p %d   (Ctrl-C stops the server)\n", ap.Addr(), ap.Port())
 	srv := iperf3.NewServer(iperf3.Options{
-		Logf:      func(format string, args ...any) { fmt.Printf(format+"\n", args...) },
+		Logf:      func(format string, args ...any) { fmt.Fprintf(stdout, format+"\n", args...) },
 		CPUTime:   iperf3.ProcessCPUTime,
-		OnTestEnd: func(t iperf3.Test) { printTest(t, rs) },
+		OnTestEnd: func(t iperf3.Test) { printTest(stdout, t, rs) },
 	})
 	err = srv.Serve(ctx, ln)
 	if ctx.Err() != nil {
@@ -81,18 +81,18 @@ func runListen(ctx context.Context, o options) error {
 }
 
 // printTest prints one finished iperf3 test and the receiver's counters.
-func printTest(t iperf3.Test, rs *iperf.ReceiverStack) {
+func printTest(w io.Writer, t iperf3.Test, rs *iperf.ReceiverStack) {
 	dir := "client to netstack"
 	if t.Reverse {
 		dir = "netstack to client (-R)"
 	}
-	fmt.Printf("test from %s: %s, %d stream(s), %s in %.2fs, %s\n",
+	fmt.Fprintf(w, "test from %s: %s, %d stream(s), %s in %.2fs, %s\n",
 		t.Remote, dir, t.Streams, humanBytes(t.Bytes), t.Duration.Seconds(), bitrate(t.Gbps()))
-	fmt.Printf("  netstack: %d IP packets received since start\n", rs.Stack.Stats().IP.PacketsReceived.Value())
+	fmt.Fprintf(w, "  netstack: %d IP packets received since start\n", rs.Stack.Stats().IP.PacketsReceived.Value())
 	if st, ok := rs.Link.LROStats(); ok {
-		fmt.Printf("  netlro since start: %s\n", indent(st.String()))
+		fmt.Fprintf(w, "  netlro since start: %s\n", indent(st.String()))
 	}
 	if st, ok := rs.Link.FDStats(); ok {
-		fmt.Printf("  fdbased since start: %d frames in %d batches (%.1f per batch)\n", st.Frames, st.Batches, st.MeanBatch())
+		fmt.Fprintf(w, "  fdbased since start: %d frames in %d batches (%.1f per batch)\n", st.Frames, st.Batches, st.MeanBatch())
 	}
 }

@@ -34,6 +34,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"runtime/pprof"
@@ -65,16 +66,21 @@ type options struct {
 	tap        bool
 	listen     string
 	tapName    string
-	sender     bool // hidden: run as the sending child
 }
 
 func main() {
-	os.Exit(run())
+	if len(os.Args) > 1 && os.Args[1] == "-"+senderFlag {
+		os.Exit(runSenderChild())
+	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run() int {
+// run runs the command line args, printing results to stdout and errors
+// to stderr, and returns the exit code.
+func run(args []string, stdout, stderr io.Writer) int {
 	var o options
 	fs := flag.NewFlagSet("netstack-server", flag.ContinueOnError)
+	fs.SetOutput(stderr)
 	fs.DurationVar(&o.duration, "time", 3*time.Second, "how long each row sends (ignored with -bytes)")
 	bytesFlag := fs.String("bytes", "", "bytes each row sends, over all streams (e.g. 512M, 2G); overrides -time")
 	fs.StringVar(&o.mode, "mode", "", "run one row: "+modeNames())
@@ -89,17 +95,17 @@ func run() int {
 	fs.BoolVar(&o.tap, "tap", false, "the Linux kernel's TCP sends, from a network namespace through a TAP device (root)")
 	fs.StringVar(&o.listen, "listen", "", "serve the iperf3 protocol at `addr:port` on the TAP device -tap-name")
 	fs.StringVar(&o.tapName, "tap-name", "", "existing TAP device for -listen")
-	fs.BoolVar(&o.sender, senderFlag, false, "internal: run as the sending child process")
-	if err := fs.Parse(os.Args[1:]); err != nil {
+	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
-	if o.sender {
-		return runSenderChild()
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "netstack-server: unexpected arguments %q\n", fs.Args())
+		return exitUsage
 	}
 	if *bytesFlag != "" {
 		n, err := parseBytes(*bytesFlag)
 		if err != nil {
-			fmt.Fprintf(os.Stderr, "netstack-server: -bytes: %v\n", err)
+			fmt.Fprintf(stderr, "netstack-server: -bytes: %v\n", err)
 			return exitUsage
 		}
 		o.bytes = n
@@ -110,22 +116,22 @@ func run() int {
 	var err error
 	switch {
 	case o.listen != "" || o.tapName != "":
-		err = runListen(ctx, o)
+		err = runListen(ctx, o, stdout)
 	default:
-		err = runTable(ctx, o)
+		err = runTable(ctx, o, stdout)
 	}
 	var ue usageError
 	switch {
 	case err == nil:
 		return 0
 	case errors.As(err, &ue):
-		fmt.Fprintf(os.Stderr, "netstack-server: %v\n", err)
+		fmt.Fprintf(stderr, "netstack-server: %v\n", err)
 		return exitUsage
 	case ctx.Err() != nil:
-		fmt.Fprintln(os.Stderr, "netstack-server: interrupted")
+		fmt.Fprintln(stderr, "netstack-server: interrupted")
 		return 1
 	default:
-		fmt.Fprintf(os.Stderr, "netstack-server: %v\n", err)
+		fmt.Fprintf(stderr, "netstack-server: %v\n", err)
 		return 1
 	}
 }
@@ -136,7 +142,7 @@ type usageError struct{ msg string }
 func (e usageError) Error() string { return e.msg }
 
 // runTable runs the comparison rows and prints the table.
-func runTable(ctx context.Context, o options) error {
+func runTable(ctx context.Context, o options, stdout io.Writer) error {
 	cfg, modes, err := tableConfig(o)
 	if err != nil {
 		return err
@@ -163,7 +169,7 @@ func runTable(ctx context.Context, o options) error {
 	} else {
 		env = socketpairEnv{}
 	}
-	out := newTable(os.Stdout, o.json)
+	out := newTable(stdout, o.json)
 	out.header(env.describe(cfg, o))
 	var results []iperf.Result
 	for _, m := range modes {

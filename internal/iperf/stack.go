@@ -118,6 +118,9 @@ func NewReceiverStack(mode Mode, link LinkOptions, pcap io.Writer, addrs ...tcpi
 	}
 	ep := l.Endpoint
 	if pcap != nil {
+		// The sniffer also logs every packet unless told not to, with a
+		// process-wide switch; a capture file is all that was asked for.
+		sniffer.LogPackets.Store(0)
 		snif, err := sniffer.NewWithWriter(ep, &lockedWriter{w: pcap}, 1<<16)
 		if err != nil {
 			ep.Close()

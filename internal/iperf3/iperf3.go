@@ -375,13 +375,15 @@ func startData(streams []net.Conn, p params) *dataFlow {
 	return d
 }
 
-// stop ends the data flow and returns each stream's byte count. Blocked
-// reads and writes are woken by an expired deadline; the connections stay
-// open until the test closes them.
+// stop ends the data flow and returns each stream's byte count. It closes
+// the streams, as iperf3's server does on TEST_END: a client reading in
+// reverse mode waits for whole blocks (Nread), so a stream left open after
+// a write cut short would leave it waiting forever, deaf to the control
+// connection.
 func (d *dataFlow) stop() []int64 {
 	d.halt.Store(true)
 	for _, c := range d.streams {
-		c.SetDeadline(time.Now())
+		c.Close()
 	}
 	d.wg.Wait()
 	counts := make([]int64, len(d.counts))

@@ -74,9 +74,15 @@ func TestRealClientLoopback(t *testing.T) {
 			assert.Positive(t, rep.End.SumSent.Bytes)
 		})
 	}
+	// The client exits once it has the results; the server ends the test
+	// when IPERF_DONE arrives, a moment later.
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(tests) == 4
+	}, 10*time.Second, 10*time.Millisecond, "tests the server completed")
 	mu.Lock()
 	defer mu.Unlock()
-	require.Len(t, tests, 4)
 	assert.Equal(t, 3, tests[2].Streams)
 	assert.True(t, tests[3].Reverse)
 	assert.GreaterOrEqual(t, tests[3].Bytes, int64(8<<20))

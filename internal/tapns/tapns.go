@@ -61,6 +61,10 @@ type Config struct {
 	IfName string
 	// MTU is the TAP device's MTU. 0 means 1500.
 	MTU int
+	// Persistent creates a persistent TAP device (ip tuntap add) that no fd
+	// holds, for a program that opens it by name (from inside the
+	// namespace), instead of opening a TAP device for FD.
+	Persistent bool
 	// Addrs are the kernel side's addresses on the TAP device, with their
 	// prefixes (the on-link routes). IPv6 addresses skip duplicate address
 	// detection.
@@ -74,8 +78,11 @@ type Namespace struct {
 	// IfName is the TAP device's name inside the namespace.
 	IfName string
 	// FD is the TAP device, opened IFF_TAP|IFF_NO_PI: each read and write
-	// is one Ethernet frame. Close closes it.
+	// is one Ethernet frame. Close closes it. It is -1 with
+	// Config.Persistent.
 	FD int
+
+	persistent bool
 }
 
 // New creates the namespace, the TAP device in it, and the addresses.
@@ -85,7 +92,7 @@ func New(ctx context.Context, cfg Config) (_ *Namespace, err error) {
 	if err := Check(); err != nil {
 		return nil, err
 	}
-	n := &Namespace{Name: cfg.Name, IfName: cfg.IfName, FD: -1}
+	n := &Namespace{Name: cfg.Name, IfName: cfg.IfName, FD: -1, persistent: cfg.Persistent}
 	if n.Name == "" {
 		n.Name = namePrefix + strconv.Itoa(os.Getpid())
 	}
@@ -105,11 +112,16 @@ func New(ctx context.Context, cfg Config) (_ *Namespace, err error) {
 			n.Close()
 		}
 	}()
-	if err := n.Do(func() error {
-		fd, err := OpenTAP(n.IfName)
-		n.FD = fd
-		return err
-	}); err != nil {
+	if cfg.Persistent {
+		err = ip(ctx, "-n", n.Name, "tuntap", "add", "dev", n.IfName, "mode", "tap")
+	} else {
+		err = n.Do(func() error {
+			fd, err := OpenTAP(n.IfName)
+			n.FD = fd
+			return err
+		})
+	}
+	if err != nil {
 		return nil, err
 	}
 	cmds := [][]string{
@@ -131,12 +143,17 @@ func New(ctx context.Context, cfg Config) (_ *Namespace, err error) {
 	return n, nil
 }
 
-// Close closes the TAP device, which removes it, and deletes the
-// namespace. Processes still running in it keep it alive until they exit.
+// Close closes or deletes the TAP device, and deletes the namespace.
+// Processes still running in it keep it alive until they exit.
 func (n *Namespace) Close() error {
 	if n.FD >= 0 {
 		unix.Close(n.FD)
 		n.FD = -1
+	}
+	if n.persistent {
+		// Deleting the namespace would delete it too; say so explicitly
+		// rather than rely on it.
+		_ = ip(context.Background(), "-n", n.Name, "tuntap", "del", "dev", n.IfName, "mode", "tap")
 	}
 	return ip(context.Background(), "netns", "delete", n.Name)
 }

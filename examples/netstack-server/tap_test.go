@@ -1,0 +1,131 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/netlro/netlro/internal/iperf"
+	"github.com/netlro/netlro/internal/tapns"
+)
+
+// TestTapTable runs two rows of -tap: the kernel's TCP sending from a
+// namespace the program creates and removes.
+func TestTapTable(t *testing.T) {
+	if err := tapns.Check(); err != nil {
+		t.Skipf("skipping: -tap: %v", err)
+	}
+	before := namespaces(t)
+	for _, mode := range []string{"fdbased", "netlro"} {
+		code, out, errOut := runArgs(t, "-tap", "-bytes", "4M", "-mode", mode, "-json")
+		require.Equal(t, 0, code, "stderr: %s", errOut)
+		var rep jsonReport
+		require.NoError(t, json.Unmarshal([]byte(out), &rep), out)
+		require.Len(t, rep.Results, 1)
+		assert.Contains(t, rep.Description, "Linux kernel's TCP")
+		assert.True(t, rep.Results[0].Verified)
+		assert.Equal(t, int64(4<<20), rep.Results[0].Bytes)
+	}
+	assert.Equal(t, before, namespaces(t), "namespaces left behind")
+}
+
+// namespaces lists the named network namespaces.
+func namespaces(t *testing.T) []string {
+	t.Helper()
+	entries, err := os.ReadDir("/run/netns")
+	if os.IsNotExist(err) {
+		return nil
+	}
+	require.NoError(t, err)
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// TestListenIperf3 runs the program's -listen server inside a namespace
+// the test creates, on a TAP device there, and the real iperf3 client
+// against it, forward and reverse.
+func TestListenIperf3(t *testing.T) {
+	if err := tapns.Check(); err != nil {
+		t.Skipf("skipping: -listen on a TAP device in a namespace: %v", err)
+	}
+	bin, err := exec.LookPath("iperf3")
+	if err != nil {
+		t.Skip("skipping: iperf3 is not installed (apt-get install iperf3)")
+	}
+	a4 := iperf.SenderAddr4.As4()
+	ns, err := tapns.New(t.Context(), tapns.Config{
+		Name:       "netlro-listen-" + strconv.Itoa(os.Getpid()),
+		IfName:     "nss0",
+		Persistent: true,
+		Addrs:      []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4(a4), 24)},
+	})
+	require.NoError(t, err)
+	defer func() { assert.NoError(t, ns.Close()) }()
+
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	addr := iperf.ReceiverAddr4.String()
+	server := ns.Command(ctx, exe, "-listen", addr+":5201", "-tap-name", "nss0")
+	server.Env = append(os.Environ(), runMainEnv+"=1")
+	stdout, err := server.StdoutPipe()
+	require.NoError(t, err)
+	server.Stderr = os.Stderr
+	require.NoError(t, server.Start())
+	lines := make(chan string, 100)
+	go func() {
+		defer close(lines)
+		for sc := bufio.NewScanner(stdout); sc.Scan(); {
+			lines <- sc.Text()
+		}
+	}()
+	// The server says when it listens.
+	var out []string
+	for line := range lines {
+		out = append(out, line)
+		if strings.HasPrefix(line, "run: iperf3 -c") {
+			break
+		}
+	}
+	require.NotEmpty(t, out)
+	require.True(t, strings.HasPrefix(out[len(out)-1], "run: iperf3 -c"), "server output: %q", out)
+
+	for _, args := range [][]string{{"-t", "1"}, {"-t", "1", "-R", "-P", "2"}} {
+		cmd := ns.Command(ctx, bin, append([]string{"-c", addr, "-J"}, args...)...)
+		res, err := cmd.Output()
+		require.NoError(t, err, "iperf3 %v: %s", args, res)
+		var rep struct {
+			Error string `json:"error"`
+			End   struct {
+				SumReceived struct{ Bytes int64 } `json:"sum_received"`
+			} `json:"end"`
+		}
+		require.NoError(t, json.Unmarshal(res, &rep))
+		assert.Empty(t, rep.Error)
+		assert.Positive(t, rep.End.SumReceived.Bytes)
+	}
+
+	require.NoError(t, server.Process.Signal(os.Interrupt))
+	for line := range lines {
+		out = append(out, line)
+	}
+	require.NoError(t, server.Wait(), "a server stopped by Ctrl-C exits 0")
+	all := strings.Join(out, "\n")
+	assert.Equal(t, 2, strings.Count(all, "test from "), all)
+	assert.Contains(t, all, "netstack to client (-R), 2 stream(s)")
+	assert.Contains(t, all, "netlro since start: in ")
+}
