@@ -139,6 +139,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 // usageError is a wrong command line or a missing privilege: exit code 2.
 type usageError struct{ msg string }
 
+// Error returns the message.
 func (e usageError) Error() string { return e.msg }
 
 // runTable runs the comparison rows and prints the table.

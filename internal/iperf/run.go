@@ -72,11 +72,13 @@ func (c Config) Addrs() (sender, receiver tcpip.Address) {
 
 // Result is the outcome of one transfer, measured at the receiver.
 type Result struct {
-	Mode    Mode    `json:"mode"`
-	Profile string  `json:"profile,omitempty"`
-	Streams int     `json:"streams"`
-	Bytes   int64   `json:"bytes"`   // bytes received over all streams
-	Seconds float64 `json:"seconds"` // first accept to last end of stream
+	Mode    Mode   `json:"mode"`              // the receiver's link endpoint
+	Profile string `json:"profile,omitempty"` // the link impairment, if any
+	Streams int    `json:"streams"`           // TCP connections
+	Bytes   int64  `json:"bytes"`             // bytes received over all streams
+	// Seconds is the time from the first accept to the last end of
+	// stream.
+	Seconds float64 `json:"seconds"`
 	// CPUSeconds is the user plus system CPU time of the receiving
 	// process during the transfer (getrusage RUSAGE_SELF): the receiver
 	// alone when the sender runs in another process, both otherwise.
@@ -87,10 +89,10 @@ type Result struct {
 	// Verified reports whether every stream arrived with the sender's
 	// length and SHA-256.
 	Verified bool           `json:"verified"`
-	Sent     SendResult     `json:"sent"`
-	Received []StreamResult `json:"received"`
-	LRO      *lro.Stats     `json:"lro,omitempty"`
-	FD       *fdbased.Stats `json:"fdbased,omitempty"`
+	Sent     SendResult     `json:"sent"`              // what the sender reported
+	Received []StreamResult `json:"received"`          // what the receiver read, per stream
+	LRO      *lro.Stats     `json:"lro,omitempty"`     // the engine's counters, for netlro modes
+	FD       *fdbased.Stats `json:"fdbased,omitempty"` // the reader's counters, for this project's fdbased
 }
 
 // Gbps returns the goodput in Gbit/s.

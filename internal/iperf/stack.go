@@ -146,6 +146,7 @@ type lockedWriter struct {
 	w  io.Writer
 }
 
+// Write writes b to the underlying writer under the lock.
 func (l *lockedWriter) Write(b []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
