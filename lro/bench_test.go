@@ -3,6 +3,7 @@ package lro
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -165,7 +166,9 @@ func TestZeroAllocs(t *testing.T) {
 	} {
 		for _, p := range []path{viaPacket, viaFragments} {
 			t.Run(tc.name+"/"+p.String(), func(t *testing.T) {
-				e := newEngine(t, discard{}, Config{MaxFlows: 16})
+				// A timer that is armed but does not fire in the run.
+				e := newEngine(t, discard{}, Config{MaxFlows: 16, FlushDelay: time.Hour})
+				defer e.Close()
 				batch := func() {
 					for _, b := range tc.pkts {
 						feed(e, p, b)

@@ -416,7 +416,7 @@ func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pa
 	}
 	e.release(sh, out[:n])
 	if held {
-		e.armTimer()
+		e.armTimer(e.cfg.FlushDelay)
 	}
 }
 
@@ -428,6 +428,9 @@ func (e *Engine) hold(f *session, proto tcpip.NetworkProtocolNumber, r *packetRe
 		f.pkt = newPacket(proto, r)
 	}
 	e.start(f, s)
+	if e.timer != nil {
+		f.heldAt = e.cfg.Clock.NowMonotonic()
+	}
 	// The headers are rewritten at flush: they must not be shared. A
 	// chunk from a link endpoint is not, and then this copies nothing.
 	f.hdr, _ = pullUpWritable(f.pkt, nil, 0, s.ipLen+s.tcpLen)
@@ -602,19 +605,52 @@ func (e *Engine) flushAll(cause counter) {
 // flushBatch is how many sessions flushAll takes from a shard per lock.
 const flushBatch = 16
 
-// armTimer makes sure the flush timer will fire: one timer per batch of
-// holds, not one per packet.
-func (e *Engine) armTimer() {
+// armTimer makes sure the flush timer will fire within d: one timer per
+// batch of holds, not one per packet.
+func (e *Engine) armTimer(d time.Duration) {
 	if e.timer == nil || e.armed.Load() || !e.armed.CompareAndSwap(false, true) {
 		return
 	}
-	e.timer.Reset(e.cfg.FlushDelay)
+	e.timer.Reset(d)
 }
 
-// timerFlush runs when FlushDelay passed with packets held. It disarms
-// before flushing, so a packet held after the flush began re-arms the
-// timer.
+// timerFlush runs when the timer fires. It delivers the sessions held for
+// FlushDelay or longer, and only those: the timer was armed by the first
+// hold of some batch, and a lower endpoint that ends its batches with
+// Flush may have delivered that session long ago, so a younger one must
+// wait for its own batch end or its own deadline. The timer is re-armed
+// for the oldest session left. It disarms first, so a packet held while it
+// runs arms the timer again.
 func (e *Engine) timerFlush() {
 	e.armed.Store(false)
-	e.flushAll(cFlushTimer)
+	due := e.cfg.Clock.NowMonotonic().Add(-e.cfg.FlushDelay)
+	var next time.Duration // until the oldest session left is due; 0: none left
+	for i := range e.shards {
+		sh := &e.shards[i]
+		for range len(sh.flows)/flushBatch + 1 {
+			var out [flushBatch]pending
+			n := 0
+			sh.mu.Lock()
+			for j := sh.oldest; j >= 0 && n < len(out); {
+				f := &sh.flows[j]
+				newer := f.newer
+				if wait := f.heldAt.Sub(due); wait > 0 {
+					if next == 0 || wait < next {
+						next = wait
+					}
+				} else {
+					out[n] = sessionItem(sh.remove(j), cFlushTimer)
+					n++
+				}
+				j = newer
+			}
+			e.release(sh, out[:n])
+			if n < len(out) {
+				break
+			}
+		}
+	}
+	if next > 0 {
+		e.armTimer(next)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"math/bits"
 
 	"gvisor.dev/gvisor/pkg/sync"
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
@@ -78,7 +79,8 @@ type session struct {
 	tsEcr      uint32
 	tos        uint8
 	ttl        uint8
-	cause      counter // why the session ended, set when it is removed
+	cause      counter             // why the session ended, set when it is removed
+	heldAt     tcpip.MonotonicTime // when the session started, if a timer runs
 }
 
 // shard is one independently locked part of the flow table: a fixed array

@@ -177,6 +177,21 @@ func TestFlushTimer(t *testing.T) {
 	clock.Advance(time.Millisecond)
 	assert.Equal(t, 1, len(rec.take()))
 	assert.Equal(t, uint64(2), e.Stats().FlushTimer)
+
+	// The timer armed by an old hold does not deliver a young session
+	// early: a session started just before it fires waits for its own
+	// deadline.
+	late := stream(testpacket.TCP{Seq: 500}, []int{100}, 2, nil)
+	feed(e, viaPacket, late[0]) // arms the timer
+	e.Flush()
+	require.Equal(t, 1, len(rec.take()))
+	clock.Advance(900 * time.Microsecond)
+	feed(e, viaPacket, late[1]) // held while the timer is armed
+	clock.Advance(100 * time.Microsecond)
+	assert.Empty(t, rec.take(), "100 µs old: not due")
+	clock.Advance(900 * time.Microsecond)
+	assert.Equal(t, 1, len(rec.take()), "due after its own FlushDelay")
+	assert.Equal(t, uint64(3), e.Stats().FlushTimer)
 	e.Close()
 }
 

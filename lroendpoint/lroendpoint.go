@@ -64,6 +64,12 @@ func (e *Endpoint) Lower() stack.LinkEndpoint { return e.lower }
 // Attach implements stack.LinkEndpoint. Attach(nil) stops the lower
 // endpoint's deliveries, hands every held packet to the old dispatcher and
 // then detaches.
+//
+// Call Attach(nil) yourself before Stack.RemoveNIC, Stack.Wait or
+// Stack.Destroy: netstack calls it there while holding the stack's lock,
+// and a lower endpoint that waits for a packet in flight (gVisor's fdbased
+// and this project's) then waits on a goroutine that IPv4 or IPv6 blocks
+// on that same lock.
 func (e *Endpoint) Attach(dispatcher stack.NetworkDispatcher) {
 	if dispatcher == nil {
 		e.lower.Attach(nil)
