@@ -577,29 +577,45 @@ func (e *Engine) deliver(sh *shard, it *pending) {
 	}
 }
 
-// flushAll delivers every held packet, a few at a time per shard so that
-// the lock is never held while netstack runs. When it returns, every
-// packet held at the call has reached netstack, also those that another
-// goroutine, draining the shard's queue, delivered for it.
+// flushAll delivers every held packet. When it returns, every packet held
+// at the call has reached netstack, also those that another goroutine,
+// draining a shard's queue, delivered for it.
 func (e *Engine) flushAll(cause counter) {
 	for i := range e.shards {
-		sh := &e.shards[i]
-		// New sessions may start while we deliver; stop after as many
-		// rounds as the shard has slots, so a busy shard cannot keep us.
-		for range len(sh.flows)/flushBatch + 1 {
-			var out [flushBatch]pending
-			n := 0
-			sh.mu.Lock()
-			for n < len(out) && sh.oldest >= 0 {
-				out[n] = sessionItem(sh.remove(sh.oldest), cause)
+		e.flushShard(&e.shards[i], cause, tcpip.MonotonicTime{}, true)
+	}
+}
+
+// flushShard delivers sh's sessions that started at due or earlier, or all
+// of them if every is set, a few at a time so that the lock is never held
+// while netstack runs. It returns how long until the oldest session left
+// is due, or 0 if none is left.
+func (e *Engine) flushShard(sh *shard, cause counter, due tcpip.MonotonicTime, every bool) (next time.Duration) {
+	// New sessions may start while we deliver; stop after as many rounds
+	// as the shard has slots, so a busy shard cannot keep us.
+	for range len(sh.flows)/flushBatch + 1 {
+		var out [flushBatch]pending
+		n := 0
+		sh.mu.Lock()
+		for j := sh.oldest; j >= 0 && n < len(out); {
+			f := &sh.flows[j]
+			newer := f.newer
+			if wait := f.heldAt.Sub(due); !every && wait > 0 {
+				if next == 0 || wait < next {
+					next = wait
+				}
+			} else {
+				out[n] = sessionItem(sh.remove(j), cause)
 				n++
 			}
-			e.waitDrained(sh, e.release(sh, out[:n]))
-			if n < len(out) {
-				break
-			}
+			j = newer
+		}
+		e.waitDrained(sh, e.release(sh, out[:n]))
+		if n < len(out) {
+			break
 		}
 	}
+	return next
 }
 
 // flushBatch is how many sessions flushAll takes from a shard per lock.
@@ -626,28 +642,8 @@ func (e *Engine) timerFlush() {
 	due := e.cfg.Clock.NowMonotonic().Add(-e.cfg.FlushDelay)
 	var next time.Duration // until the oldest session left is due; 0: none left
 	for i := range e.shards {
-		sh := &e.shards[i]
-		for range len(sh.flows)/flushBatch + 1 {
-			var out [flushBatch]pending
-			n := 0
-			sh.mu.Lock()
-			for j := sh.oldest; j >= 0 && n < len(out); {
-				f := &sh.flows[j]
-				newer := f.newer
-				if wait := f.heldAt.Sub(due); wait > 0 {
-					if next == 0 || wait < next {
-						next = wait
-					}
-				} else {
-					out[n] = sessionItem(sh.remove(j), cFlushTimer)
-					n++
-				}
-				j = newer
-			}
-			e.release(sh, out[:n])
-			if n < len(out) {
-				break
-			}
+		if wait := e.flushShard(&e.shards[i], cFlushTimer, due, false); wait > 0 && (next == 0 || wait < next) {
+			next = wait
 		}
 	}
 	if next > 0 {
