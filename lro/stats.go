@@ -116,7 +116,6 @@ type counters struct {
 	_ [64]byte
 }
 
-func (c *counters) add(n counter, d uint64) { c.v[n].Add(d) }
 
 func (c *counters) inc(n counter) { c.v[n].Add(1) }
 

@@ -183,7 +183,8 @@ func Check(pkt []byte) (header.TCP, []byte, error) {
 		if !ip.IsValid(len(pkt)) {
 			return nil, nil, fmt.Errorf("invalid IPv6 header")
 		}
-		if ip.TransportProtocol() != header.TCPProtocolNumber {
+		// Extension headers are not expected here: the next header is TCP.
+		if tcpip.TransportProtocolNumber(ip.NextHeader()) != header.TCPProtocolNumber {
 			return nil, nil, fmt.Errorf("not TCP")
 		}
 		ipLen, total = header.IPv6MinimumSize, header.IPv6MinimumSize+int(ip.PayloadLength())
