@@ -60,6 +60,14 @@ type Options struct {
 	// them.
 	TXChecksumOffload bool
 
+	// IOUring makes the endpoint read non-socket fds (TAP, TUN) with an
+	// io_uring multishot read into a ring of buffers: one system call per
+	// batch instead of one read(2) per frame, at the cost of one copy of
+	// each frame into its view. It needs Linux 6.7; where io_uring cannot
+	// be set up, the endpoint reads with read(2). Sockets always use
+	// recvmmsg.
+	IOUring bool
+
 	// ClosedFunc, if not nil, is called when a dispatch loop ends on its
 	// own: with &tcpip.ErrClosedForReceive{} when the fd reached its end
 	// (a seqpacket peer or a pipe's writer closed), with
@@ -78,6 +86,7 @@ type Options struct {
 type Endpoint struct {
 	hdrSize   int // link header length: 0 or header.EthernetMinimumSize
 	batchSize int
+	iouring   bool
 	caps      stack.LinkEndpointCapabilities
 	closedFn  func(tcpip.Error)
 

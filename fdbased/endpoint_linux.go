@@ -43,6 +43,7 @@ func newEndpoint(opts *Options) (*Endpoint, error) {
 	}
 	e := &Endpoint{
 		batchSize: opts.BatchSize,
+		iouring:   opts.IOUring,
 		closedFn:  opts.ClosedFunc,
 		addr:      opts.Address,
 		mtu:       opts.MTU,

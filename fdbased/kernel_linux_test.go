@@ -169,11 +169,14 @@ type kernelLink struct {
 	ethernet  bool // frames carry an Ethernet header
 	isSocket  bool
 	rxOffload bool
+	iouring   bool // read with Options.IOUring
 }
 
 var kernelLinks = []kernelLink{
 	{name: "tap", open: openTUNTAPLink("tap0", unix.IFF_TAP), ethernet: true},
 	{name: "tun", open: openTUNTAPLink("tun0", unix.IFF_TUN)},
+	{name: "tap-iouring", open: openTUNTAPLink("tap0", unix.IFF_TAP), ethernet: true, iouring: true},
+	{name: "tun-iouring", open: openTUNTAPLink("tun0", unix.IFF_TUN), iouring: true},
 	{name: "af_packet", open: openPacketLink(1), ethernet: true, isSocket: true, rxOffload: true},
 	{name: "af_packet-fanout", open: openPacketLink(2), ethernet: true, isSocket: true, rxOffload: true},
 }
@@ -275,7 +278,7 @@ func testKernelStream(t *testing.T, kl kernelLink, withLRO bool, size int) {
 	ip(t, "-n", ns, "link", "set", "lo", "up")
 	fds := kl.open(t, ns, nsFD)
 
-	le, err := New(&Options{FDs: fds, MTU: 1500, EthernetHeader: kl.ethernet, Address: ourMAC, RXChecksumOffload: kl.rxOffload})
+	le, err := New(&Options{FDs: fds, MTU: 1500, EthernetHeader: kl.ethernet, Address: ourMAC, RXChecksumOffload: kl.rxOffload, IOUring: kl.iouring})
 	require.NoError(t, err)
 	ep := le.(*Endpoint)
 	require.Equal(t, kl.isSocket, ep.sys.links[0].isSocket, "read with recvmmsg if and only if a socket")
@@ -376,6 +379,11 @@ func testKernelStream(t *testing.T, kl kernelLink, withLRO bool, size int) {
 	assert.NotZero(t, st.Batches)
 	assert.NotZero(t, st.Written, "netstack's ACKs and ARP replies went out through the endpoint")
 	assert.Zero(t, st.DroppedOversized)
+	if kl.iouring {
+		assert.Equal(t, st.Batches, st.RingBatches, "every batch read through io_uring")
+	} else {
+		assert.Zero(t, st.RingBatches)
+	}
 	if withLRO {
 		ls := lep.Stats()
 		t.Logf("lro: %+v", ls)

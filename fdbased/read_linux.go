@@ -3,6 +3,7 @@
 package fdbased
 
 import (
+	"runtime"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -22,7 +23,10 @@ type reader struct {
 	e        *Endpoint
 	fd       int
 	isSocket bool
-	queue    int // the fd's index in Options.FDs: its receive queue
+	// ring, while run runs with Options.IOUring on a non-socket fd, reads
+	// frames with one multishot read instead of read(2) per frame.
+	ring  *uring
+	queue int // the fd's index in Options.FDs: its receive queue
 
 	// size is the length of every view in views, set from the MTU by
 	// refill.
@@ -72,6 +76,21 @@ func newReader(e *Endpoint, fd int, isSocket bool, stopFD int, batch int) *reade
 // way it releases every view it holds.
 func (r *reader) run() tcpip.Error {
 	defer r.release()
+	if r.e.iouring && !r.isSocket {
+		// Completions are task work of the submitting thread.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		r.refill()
+		ring, err := newURing(r.fd, int(r.pfds[0].Fd), uringBuffers(len(r.views)), r.size)
+		if err == nil {
+			r.ring = ring
+			defer func() {
+				r.ring.close()
+				r.ring = nil
+			}()
+		}
+		// Without io_uring (older kernel, seccomp), read(2) does.
+	}
 	for {
 		n, err := r.read()
 		if n == 0 {
@@ -125,6 +144,9 @@ func (r *reader) read() (int, tcpip.Error) {
 // stopped it when that is 0. A non-socket's end of file is a frame of
 // length 0, and the last of the batch.
 func (r *reader) readReady() (int, unix.Errno) {
+	if r.ring != nil {
+		return r.ring.reap(r)
+	}
 	if r.isSocket {
 		n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, uintptr(r.fd),
 			uintptr(unsafe.Pointer(&r.msgs[0])), uintptr(len(r.msgs)), unix.MSG_DONTWAIT, 0, 0)
@@ -161,6 +183,9 @@ func (r *reader) readOne(k int) (int, unix.Errno) {
 // wait blocks until the fd is readable or dispatch is being stopped, and
 // reports which. It sets *hup when the fd reports a hang-up or an error.
 func (r *reader) wait(hup *bool) (stopped bool, errno unix.Errno) {
+	if r.ring != nil {
+		return false, r.ring.wait() // the stop eventfd wakes it too
+	}
 	r.pfds[0].Revents, r.pfds[1].Revents = 0, 0
 	if _, err := unix.Poll(r.pfds[:], -1); err != nil {
 		errno, ok := err.(unix.Errno)
@@ -213,6 +238,9 @@ func (r *reader) dispatch(n int) (eof bool) {
 		}
 	}
 	r.e.endBatch(t, &c)
+	if r.ring != nil && c.frames > 0 {
+		r.e.stats.ringBatches.Add(1)
+	}
 	*t = target{} // hold no dispatcher between batches
 	return eof
 }

@@ -33,6 +33,10 @@ type Stats struct {
 	// stopping dispatch, when there was no dispatcher to give them to.
 	DroppedDetached uint64
 
+	// RingBatches is the number of those batches read through io_uring
+	// (Options.IOUring) rather than read(2).
+	RingBatches uint64
+
 	// Written is the number of packets written to the fds.
 	Written uint64
 	// WriteErrors is the number of packets that failed to be written.
@@ -60,6 +64,7 @@ type counters struct {
 	frames, bytes, batches                     atomic.Uint64
 	runt, oversized, notForUs, notIP, detached atomic.Uint64
 	written, writeErrors                       atomic.Uint64
+	ringBatches                                atomic.Uint64
 }
 
 // batchCount counts one batch on the dispatch goroutine, without atomics.
@@ -118,6 +123,7 @@ func (c *counters) snapshot() Stats {
 	s.Bytes = c.bytes.Load()
 	s.Frames = c.frames.Load()
 	s.Written = c.written.Load()
+	s.RingBatches = c.ringBatches.Load()
 	s.WriteErrors = c.writeErrors.Load()
 	return s
 }

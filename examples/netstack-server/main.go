@@ -64,6 +64,7 @@ type options struct {
 	pcap       string
 	seed       uint64
 	tap        bool
+	iouring    bool
 	listen     string
 	tapName    string
 }
@@ -93,6 +94,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.pcap, "pcap", "", "capture what the receiver's netstack receives (after merging) to `file`; with several rows, one file per row")
 	fs.Uint64Var(&o.seed, "seed", 1, "seed of the pseudo-random payload")
 	fs.BoolVar(&o.tap, "tap", false, "the Linux kernel's TCP sends, from a network namespace through a TAP device (root)")
+	fs.BoolVar(&o.iouring, "iouring", false, "with -tap: this project's fdbased reads the TAP device with io_uring (one system call per batch)")
 	fs.StringVar(&o.listen, "listen", "", "serve the iperf3 protocol at `addr:port` on the TAP device -tap-name")
 	fs.StringVar(&o.tapName, "tap-name", "", "existing TAP device for -listen")
 	if err := fs.Parse(args); err != nil {
@@ -166,6 +168,7 @@ func runTable(ctx context.Context, o options, stdout io.Writer) error {
 			return err
 		}
 		defer tenv.Close()
+		tenv.iouring = o.iouring
 		env = tenv
 	} else {
 		env = socketpairEnv{}

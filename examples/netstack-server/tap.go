@@ -23,7 +23,8 @@ var netstackMAC = tcpip.LinkAddress("\x02\x00\x00\x00\x00\x02")
 // namespace, through a TAP device the namespace holds, into netstack. The
 // sender runs in a child process started inside the namespace.
 type tapEnv struct {
-	ns *tapns.Namespace
+	ns      *tapns.Namespace
+	iouring bool // this project's fdbased reads the TAP with io_uring
 }
 
 // newTapEnv creates the namespace and the TAP device. Without the
@@ -72,7 +73,7 @@ func (t *tapEnv) describe(cfg iperf.Config, o options) string {
 func (t *tapEnv) run(ctx context.Context, cfg iperf.Config) (iperf.Result, error) {
 	_, receiver := cfg.Addrs()
 	remote := net.JoinHostPort(receiver.String(), strconv.Itoa(iperf.Port))
-	link := iperf.LinkOptions{FD: t.ns.FD, EthernetHeader: true, Address: netstackMAC}
+	link := iperf.LinkOptions{FD: t.ns.FD, EthernetHeader: true, Address: netstackMAC, IOUring: t.iouring}
 	return iperf.RunReceiver(ctx, cfg, link, func(ctx context.Context) (iperf.SendResult, error) {
 		return startSender(ctx, senderJob{Config: cfg, Kernel: true, Remote: remote}, t.ns.ExecPrefix(), nil)
 	})

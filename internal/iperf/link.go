@@ -88,6 +88,9 @@ type LinkOptions struct {
 	EthernetHeader bool
 	// Address is the endpoint's MAC address when EthernetHeader is set.
 	Address tcpip.LinkAddress
+	// IOUring makes this project's fdbased read a TAP/TUN device with
+	// io_uring (fdbased.Options.IOUring). gVisor's fdbased ignores it.
+	IOUring bool
 }
 
 // Link is a receiver's link endpoint and the parts of it that keep
@@ -145,6 +148,7 @@ func NewLink(m Mode, opts LinkOptions) (*Link, error) {
 		MTU:            opts.MTU,
 		EthernetHeader: opts.EthernetHeader,
 		Address:        opts.Address,
+		IOUring:        opts.IOUring,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("iperf: %s: fdbased: %w", m, err)
