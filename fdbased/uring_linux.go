@@ -56,6 +56,8 @@ const (
 	uringCQEFMore        = 1 << 1
 	uringCQEBufferShift  = 16
 	uringRegisterPbuf    = 22
+	uringRegisterProbe   = 8
+	uringOpSupported     = 1 << 0
 
 	uringDataRead   uint64 = 1 // user_data of the multishot read
 	uringDataStop   uint64 = 2 // user_data of the poll on the stop eventfd
@@ -122,6 +124,9 @@ func newURing(fd, stopFD, bufs, bufSize int) (*uring, error) {
 }
 
 func (u *uring) setup(p *uringParams, fd, stopFD int) error {
+	if err := u.probe(); err != nil {
+		return err
+	}
 	if err := u.mapRings(p); err != nil {
 		return err
 	}
@@ -152,6 +157,21 @@ func (u *uring) mapRings(p *uringParams) error {
 	u.sqes = unsafe.Slice((*uringSQE)(unsafe.Pointer(&u.sqeMem[0])), p.sqEntries)
 	u.cqHead, u.cqTail, u.cqMask = u32(u.cqMem, p.cqOff.head), u32(u.cqMem, p.cqOff.tail), u32(u.cqMem, p.cqOff.ringMask)
 	u.cqes = unsafe.Slice((*uringCQE)(unsafe.Pointer(&u.cqMem[p.cqOff.cqes])), p.cqEntries)
+	return nil
+}
+
+// probe checks that the kernel knows the multishot read (Linux 6.7): an
+// older one would fail the read in its first completion instead.
+func (u *uring) probe() error {
+	const ops = 256
+	var buf [16 + ops*8]byte // struct io_uring_probe and its ops
+	if _, _, errno := unix.Syscall6(sysIOUringRegister, uintptr(u.fd), uringRegisterProbe, uintptr(unsafe.Pointer(&buf[0])), ops, 0, 0); errno != 0 {
+		return fmt.Errorf("fdbased: io_uring probe: %w", errno)
+	}
+	lastOp, flags := buf[0], buf[16+uringOpReadMultishot*8+2]
+	if lastOp < uringOpReadMultishot || flags&uringOpSupported == 0 {
+		return fmt.Errorf("fdbased: io_uring has no multishot read (Linux 6.7)")
+	}
 	return nil
 }
 
