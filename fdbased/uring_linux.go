@@ -21,7 +21,7 @@ import (
 type uring struct {
 	fd int
 
-	sqMem, cqMem, sqeMem, bufRingMem, bufMem []byte
+	ringMem, sqeMem, bufRingMem, bufMem []byte // ringMem: SQ and CQ rings, one mapping
 
 	sqTail, sqMask *uint32
 	sqArray        []uint32
@@ -46,7 +46,6 @@ const (
 	uringSetupCQSize     = 1 << 3
 	uringFeatSingleMmap  = 1 << 0
 	uringOffSQRing       = 0
-	uringOffCQRing       = 0x8000000
 	uringOffSQEs         = 0x10000000
 	uringEnterGetEvents  = 1 << 0
 	uringOpPollAdd       = 6
@@ -144,19 +143,18 @@ func (u *uring) mapRings(p *uringParams) error {
 	}
 	size := max(int(p.sqOff.array)+int(p.sqEntries)*4, int(p.cqOff.cqes)+int(p.cqEntries)*int(unsafe.Sizeof(uringCQE{})))
 	var err error
-	if u.sqMem, err = unix.Mmap(u.fd, uringOffSQRing, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE); err != nil {
+	if u.ringMem, err = unix.Mmap(u.fd, uringOffSQRing, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE); err != nil {
 		return fmt.Errorf("fdbased: io_uring rings: %w", err)
 	}
-	u.cqMem = u.sqMem
 	if u.sqeMem, err = unix.Mmap(u.fd, uringOffSQEs, int(p.sqEntries)*int(unsafe.Sizeof(uringSQE{})), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE); err != nil {
 		return fmt.Errorf("fdbased: io_uring SQEs: %w", err)
 	}
 	u32 := func(mem []byte, off uint32) *uint32 { return (*uint32)(unsafe.Pointer(&mem[off])) }
-	u.sqTail, u.sqMask = u32(u.sqMem, p.sqOff.tail), u32(u.sqMem, p.sqOff.ringMask)
-	u.sqArray = unsafe.Slice(u32(u.sqMem, p.sqOff.array), p.sqEntries)
+	u.sqTail, u.sqMask = u32(u.ringMem, p.sqOff.tail), u32(u.ringMem, p.sqOff.ringMask)
+	u.sqArray = unsafe.Slice(u32(u.ringMem, p.sqOff.array), p.sqEntries)
 	u.sqes = unsafe.Slice((*uringSQE)(unsafe.Pointer(&u.sqeMem[0])), p.sqEntries)
-	u.cqHead, u.cqTail, u.cqMask = u32(u.cqMem, p.cqOff.head), u32(u.cqMem, p.cqOff.tail), u32(u.cqMem, p.cqOff.ringMask)
-	u.cqes = unsafe.Slice((*uringCQE)(unsafe.Pointer(&u.cqMem[p.cqOff.cqes])), p.cqEntries)
+	u.cqHead, u.cqTail, u.cqMask = u32(u.ringMem, p.cqOff.head), u32(u.ringMem, p.cqOff.tail), u32(u.ringMem, p.cqOff.ringMask)
+	u.cqes = unsafe.Slice((*uringCQE)(unsafe.Pointer(&u.ringMem[p.cqOff.cqes])), p.cqEntries)
 	return nil
 }
 
@@ -324,12 +322,12 @@ func (u *uring) close() {
 	}
 	unix.Close(u.fd)
 	u.fd = -1
-	for _, m := range [][]byte{u.sqeMem, u.sqMem, u.bufRingMem, u.bufMem} {
+	for _, m := range [][]byte{u.sqeMem, u.ringMem, u.bufRingMem, u.bufMem} {
 		if m != nil {
 			unix.Munmap(m)
 		}
 	}
-	u.sqeMem, u.sqMem, u.cqMem, u.bufRingMem, u.bufMem = nil, nil, nil, nil, nil
+	u.sqeMem, u.ringMem, u.bufRingMem, u.bufMem = nil, nil, nil, nil
 	u.sqes = nil
 }
 
