@@ -10,10 +10,11 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// A stream reads the same however the reads are split, every word of it
-// differs from every other, and streamSHA256 hashes exactly those bytes.
+// A stream reads the same however the reads are split, its words do not
+// repeat (not even 64 KiB apart, where the block does), and streamSHA256
+// hashes exactly those bytes.
 func TestSource(t *testing.T) {
-	const n = 1 << 16
+	const n = 1 << 18
 	whole := make([]byte, n)
 	_, _ = newSource(7, 3).Read(whole)
 
