@@ -1,0 +1,19 @@
+// Package csum computes the Internet checksum (RFC 1071) faster than
+// gvisor.dev/gvisor/pkg/tcpip/checksum on amd64.
+//
+// It exists because summing TCP payloads is on the hot path of the
+// forwarding engine: gVisor's portable add-with-carry loop moves about
+// 8 bytes per cycle, while the AVX2 kernel here sums 128 bytes per loop
+// iteration in 32-bit vector lanes. Results are bit-for-bit those of
+// gVisor's checksum.Checksum, so the two are interchangeable.
+package csum
+
+// Checksum returns the 16-bit ones'-complement sum of buf, added to initial,
+// exactly as gvisor.dev/gvisor/pkg/tcpip/checksum.Checksum(buf, initial) does
+// (big-endian 16-bit words, an odd last byte padded with zero, result not complemented).
+//
+// As with gVisor, initial must be a sum over an even number of bytes for the
+// result to be the checksum of the concatenated data.
+func Checksum(buf []byte, initial uint16) uint16 {
+	return sum(buf, initial)
+}

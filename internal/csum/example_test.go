@@ -1,0 +1,18 @@
+package csum_test
+
+import (
+	"fmt"
+
+	"github.com/netlro/netlro/internal/csum"
+)
+
+// The IPv4 header checksum is the complement of the sum over the header with
+// its checksum field zeroed.
+func Example() {
+	hdr := []byte{
+		0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11,
+		0x00, 0x00, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+	}
+	fmt.Printf("%#04x\n", ^csum.Checksum(hdr, 0))
+	// Output: 0xb861
+}

@@ -1,0 +1,7 @@
+package csum
+
+import "unsafe"
+
+func sliceAddr(buf []byte) uintptr {
+	return uintptr(unsafe.Pointer(unsafe.SliceData(buf)))
+}
