@@ -65,6 +65,7 @@ type options struct {
 	seed       uint64
 	tap        bool
 	iouring    bool
+	cc         string
 	listen     string
 	tapName    string
 }
@@ -95,6 +96,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Uint64Var(&o.seed, "seed", 1, "seed of the pseudo-random payload")
 	fs.BoolVar(&o.tap, "tap", false, "the Linux kernel's TCP sends, from a network namespace through a TAP device (root)")
 	fs.BoolVar(&o.iouring, "iouring", false, "with -tap: this project's fdbased reads the TAP device with io_uring (one system call per batch)")
+	fs.StringVar(&o.cc, "cc", "cubic", "with -tap: the kernel sender's TCP congestion control (TCP_CONGESTION on its sockets; Linux's default is cubic, whatever the machine's sysctl says)")
 	fs.StringVar(&o.listen, "listen", "", "serve the iperf3 protocol at `addr:port` on the TAP device -tap-name")
 	fs.StringVar(&o.tapName, "tap-name", "", "existing TAP device for -listen")
 	if err := fs.Parse(args); err != nil {
@@ -163,7 +165,7 @@ func runTable(ctx context.Context, o options, stdout io.Writer) error {
 	}
 	var env runEnv
 	if o.tap {
-		tenv, err := newTapEnv(ctx, cfg)
+		tenv, err := newTapEnv(ctx, cfg, o.cc)
 		if err != nil {
 			return err
 		}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 
+	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 
 	"github.com/netlro/netlro/internal/iperf"
@@ -24,12 +25,13 @@ var netstackMAC = tcpip.LinkAddress("\x02\x00\x00\x00\x00\x02")
 // sender runs in a child process started inside the namespace.
 type tapEnv struct {
 	ns      *tapns.Namespace
-	iouring bool // this project's fdbased reads the TAP with io_uring
+	iouring bool   // this project's fdbased reads the TAP with io_uring
+	cc      string // the kernel sender's congestion control
 }
 
 // newTapEnv creates the namespace and the TAP device. Without the
 // privilege it fails with a usageError, exit code 2.
-func newTapEnv(ctx context.Context, cfg iperf.Config) (*tapEnv, error) {
+func newTapEnv(ctx context.Context, cfg iperf.Config, cc string) (*tapEnv, error) {
 	if err := tapns.Check(); err != nil {
 		if errors.Is(err, tapns.ErrPrivilege) {
 			return nil, usageError{"-tap " + err.Error()}
@@ -40,11 +42,29 @@ func newTapEnv(ctx context.Context, cfg iperf.Config) (*tapEnv, error) {
 	if mtu == 0 {
 		mtu = iperf.DefaultMTU
 	}
+	if err := checkCongestionControl(cc); err != nil {
+		return nil, usageError{fmt.Sprintf("-cc %s: %v", cc, err)}
+	}
 	ns, err := tapns.New(ctx, tapns.Config{MTU: mtu, Addrs: kernelPrefixes()})
 	if err != nil {
 		return nil, err
 	}
-	return &tapEnv{ns: ns}, nil
+	return &tapEnv{ns: ns, cc: cc}, nil
+}
+
+// checkCongestionControl tells whether the kernel has the TCP congestion
+// control cc, by setting it on a socket (which loads its module, as root),
+// so that a typo fails at once rather than in the sender.
+func checkCongestionControl(cc string) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION, cc); err != nil {
+		return fmt.Errorf("not available: %w", err)
+	}
+	return nil
 }
 
 // kernelPrefixes are the kernel side's addresses in the namespace: the
@@ -66,8 +86,8 @@ func (t *tapEnv) Close() {
 }
 
 func (t *tapEnv) describe(cfg iperf.Config, o options) string {
-	return fmt.Sprintf("the Linux kernel's TCP sends from network namespace %s through TAP device %s into netstack\n%s",
-		t.ns.Name, t.ns.IfName, describeRun(cfg))
+	return fmt.Sprintf("the Linux kernel's TCP (%s) sends from network namespace %s through TAP device %s into netstack\n%s",
+		t.cc, t.ns.Name, t.ns.IfName, describeRun(cfg))
 }
 
 func (t *tapEnv) run(ctx context.Context, cfg iperf.Config) (iperf.Result, error) {
@@ -75,6 +95,6 @@ func (t *tapEnv) run(ctx context.Context, cfg iperf.Config) (iperf.Result, error
 	remote := net.JoinHostPort(receiver.String(), strconv.Itoa(iperf.Port))
 	link := iperf.LinkOptions{FD: t.ns.FD, EthernetHeader: true, Address: netstackMAC, IOUring: t.iouring}
 	return iperf.RunReceiver(ctx, cfg, link, func(ctx context.Context) (iperf.SendResult, error) {
-		return startSender(ctx, senderJob{Config: cfg, Kernel: true, Remote: remote}, t.ns.ExecPrefix(), nil)
+		return startSender(ctx, senderJob{Config: cfg, Kernel: true, Remote: remote, CC: t.cc}, t.ns.ExecPrefix(), nil)
 	})
 }

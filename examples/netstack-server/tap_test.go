@@ -26,13 +26,18 @@ func TestTapTable(t *testing.T) {
 	if err := tapns.Check(); err != nil {
 		t.Skipf("skipping: -tap: %v", err)
 	}
-	for _, mode := range []string{"fdbased", "netlro"} {
-		code, out, errOut := runArgs(t, "-tap", "-bytes", "4M", "-mode", mode, "-json")
+	for _, row := range []struct{ mode, cc string }{{"fdbased", ""}, {"netlro", "reno"}} {
+		args := []string{"-tap", "-bytes", "4M", "-mode", row.mode, "-json"}
+		wantCC := "cubic" // the default, whatever the machine's sysctl says
+		if row.cc != "" {
+			args, wantCC = append(args, "-cc", row.cc), row.cc
+		}
+		code, out, errOut := runArgs(t, args...)
 		require.Equal(t, 0, code, "stderr: %s", errOut)
 		var rep jsonReport
 		require.NoError(t, json.Unmarshal([]byte(out), &rep), out)
 		require.Len(t, rep.Results, 1)
-		assert.Contains(t, rep.Description, "Linux kernel's TCP")
+		assert.Contains(t, rep.Description, "Linux kernel's TCP ("+wantCC+")")
 		assert.True(t, rep.Results[0].Verified)
 		assert.Equal(t, int64(4<<20), rep.Results[0].Bytes)
 		// Other packages' tests make namespaces of their own at the same
@@ -41,6 +46,17 @@ func TestTapTable(t *testing.T) {
 		require.NotNil(t, ns, "the description names the namespace: %q", rep.Description)
 		assert.NotContains(t, namespaces(t), ns[1], "namespace left behind")
 	}
+}
+
+// A congestion control the kernel does not have is a usage error, before
+// anything runs, rather than a default quietly measured.
+func TestTapUnknownCongestionControl(t *testing.T) {
+	if err := tapns.Check(); err != nil {
+		t.Skipf("skipping: -tap: %v", err)
+	}
+	code, _, errOut := runArgs(t, "-tap", "-bytes", "1M", "-mode", "fdbased", "-cc", "no-such-cc")
+	assert.Equal(t, exitUsage, code)
+	assert.Contains(t, errOut, "-cc no-such-cc: not available")
 }
 
 // namespaces lists the named network namespaces.
