@@ -73,14 +73,14 @@ func (s *source) Read(b []byte) (int, error) {
 	p := s.off / 8 // s.off is word-aligned here
 	for ; len(b) >= 32; p += 4 {
 		w := b[:32]
-		binary.LittleEndian.PutUint64(w[0:], s.block[p&(sourceWords-1)]^p)
-		binary.LittleEndian.PutUint64(w[8:], s.block[(p+1)&(sourceWords-1)]^(p+1))
-		binary.LittleEndian.PutUint64(w[16:], s.block[(p+2)&(sourceWords-1)]^(p+2))
-		binary.LittleEndian.PutUint64(w[24:], s.block[(p+3)&(sourceWords-1)]^(p+3))
+		binary.LittleEndian.PutUint64(w[0:], s.word(p))
+		binary.LittleEndian.PutUint64(w[8:], s.word(p+1))
+		binary.LittleEndian.PutUint64(w[16:], s.word(p+2))
+		binary.LittleEndian.PutUint64(w[24:], s.word(p+3))
 		b = b[32:]
 	}
 	for ; len(b) >= 8; p++ {
-		binary.LittleEndian.PutUint64(b, s.block[p&(sourceWords-1)]^p)
+		binary.LittleEndian.PutUint64(b, s.word(p))
 		b = b[8:]
 	}
 	s.off = p*8 + uint64(len(b))
