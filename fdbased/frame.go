@@ -44,7 +44,7 @@ func (e *Endpoint) loadTarget(t *target, queue int) {
 	t.addr = e.addr
 	t.maxFrame = e.hdrSize + int(e.mtu)
 	e.mu.RUnlock()
-	if mq, ok := t.d.(lro.MultiQueue); ok && queue > 0 {
+	if mq, ok := t.d.(lro.MultiQueue); ok {
 		t.d = mq.Queue(queue)
 	}
 	t.frag, _ = t.d.(lro.FragmentDispatcher)

@@ -10,6 +10,9 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/netlro/netlro/internal/testpacket"
+	"github.com/netlro/netlro/lro"
 )
 
 var socketTypes = []struct {
@@ -289,4 +292,50 @@ func TestSeveralFDs(t *testing.T) {
 		next[k]++
 	}
 	assert.Equal(t, []int{frames, frames, frames}, next)
+}
+
+// TestSeveralFDsQueues: with an lro.MultiQueue dispatcher (the engine),
+// fd i's frames and batch ends go to its Queue(i), fd 0's included, so
+// that one fd's batch end never flushes another fd's sessions.
+func TestSeveralFDsQueues(t *testing.T) {
+	const fds, segs = 3, 40
+	var ours, peers []int
+	for range fds {
+		o, p := socketPair(t, unix.SOCK_SEQPACKET)
+		ours, peers = append(ours, o), append(peers, p)
+	}
+	e := newTestEndpoint(t, &Options{FDs: ours, MTU: 1500})
+	r := newRecorder()
+	engine, err := lro.New(r, lro.Config{FlushDelay: -1})
+	require.NoError(t, err)
+	e.Attach(engine)
+
+	want := make(map[uint16][]byte)
+	for k, p := range peers {
+		port := uint16(1000 + k)
+		want[port] = testpacket.Payload(uint64(k), segs*1000)
+		for _, seg := range testpacket.Segments(testpacket.TCP{SrcPort: port}, want[port], 1000) {
+			writeFrame(t, p, seg)
+		}
+	}
+	waitUntil(t, "every segment to reach a queue", r.notify, func() bool {
+		var in uint64
+		for k := range fds {
+			in += engine.Queue(k).Stats().PacketsIn
+		}
+		return in == fds*segs
+	})
+	for k := range fds {
+		st := engine.Queue(k).Stats()
+		assert.Equal(t, uint64(segs), st.PacketsIn, "queue %d: fd %d's segments, no other's", k, k)
+		assert.NotZero(t, st.FlushBatch, "queue %d: ended by its fd's batch ends", k)
+		assert.Zero(t, st.Held(), "queue %d: its fd's last batch end flushed it", k)
+	}
+	got := make(map[uint16][]byte)
+	for _, ev := range r.frames() {
+		tcp, payload, err := testpacket.Check(ev.data)
+		require.NoError(t, err)
+		got[tcp.SourcePort()] = append(got[tcp.SourcePort()], payload...)
+	}
+	assert.Equal(t, want, got)
 }

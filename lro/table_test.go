@@ -251,25 +251,30 @@ func TestConcurrentDeliverers(t *testing.T) {
 }
 
 // TestQueues: each receive queue has its own table and its Flush touches
-// only it; the engine New returned flushes, counts and closes them all.
+// only it, queue 0 included; the engine New returned flushes, counts and
+// closes them all.
 func TestQueues(t *testing.T) {
 	rec := &recorder{}
 	e := newEngine(t, rec, Config{})
-	require.Same(t, e, e.Queue(0))
-	q1, q2 := e.Queue(1), e.Queue(2)
+	q0, q1, q2 := e.Queue(0), e.Queue(1), e.Queue(2)
+	require.NotSame(t, e, q0, "queue 0 has a table of its own, so its Flush ends only its sessions")
+	require.Same(t, q0, e.Queue(0))
 	require.Same(t, q1, e.Queue(1))
 	require.Same(t, q2, q1.Queue(2), "a queue's Queue is its engine's")
 	a := stream(testpacket.TCP{SrcPort: 1}, []int{100}, 3, nil)
 	b := stream(testpacket.TCP{SrcPort: 2}, []int{100}, 3, nil)
+	c := stream(testpacket.TCP{SrcPort: 3}, []int{100}, 3, nil)
 	for i := range a {
 		feed(q1, viaPacket, a[i])
 		feed(q2, viaFragments, b[i])
+		feed(q0, viaPacket, c[i])
 	}
 	q1.Flush()
-	out := rec.take()
-	requirePartition(t, a, out, []int{3})
+	requirePartition(t, a, rec.take(), []int{3})
+	q0.Flush()
+	requirePartition(t, c, rec.take(), []int{3})
 	st := e.Stats()
-	assert.Equal(t, uint64(6), st.PacketsIn)
+	assert.Equal(t, uint64(9), st.PacketsIn)
 	assert.Equal(t, uint64(1), st.Held(), "queue 2 still holds its flow")
 	e.Flush()
 	requirePartition(t, b, rec.take(), []int{3})
