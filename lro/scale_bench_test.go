@@ -123,41 +123,44 @@ func BenchmarkParallelDeliverers(b *testing.B) {
 				traces[w] = tr
 			}
 			b.ReportAllocs()
-			for b.Loop() {
-				var wg sync.WaitGroup
-				for w := range workers {
-					q := e
-					if mode == "queues" {
-						q = e.Queue(w)
-					}
-					wg.Go(func() {
-						held := make([]buffer.Buffer, len(traces[w].pkts))
-						for range batches {
-							for i, p := range traces[w].pkts {
-								buf := buffer.MakeWithData(p)
-								switch mode {
-								case "baseline":
-									buf.Release()
-								case "baseline-held":
-									held[i] = buf
-								default:
-									q.DeliverFragments(testpacket.Proto(p), 0, buf)
-								}
-							}
+			b.ResetTimer()
+			// Long-lived goroutines, as a lower endpoint's dispatch
+			// goroutines are: one started per iteration lands on either
+			// P, which mixes the per-P buffer pools between the cores.
+			var wg sync.WaitGroup
+			for w := range workers {
+				q := e
+				if mode == "queues" {
+					q = e.Queue(w)
+				}
+				wg.Go(func() {
+					held := make([]buffer.Buffer, len(traces[w].pkts))
+					for range b.N * batches {
+						for i, p := range traces[w].pkts {
+							buf := buffer.MakeWithData(p)
 							switch mode {
 							case "baseline":
+								buf.Release()
 							case "baseline-held":
-								for i := range held {
-									held[i].Release()
-								}
+								held[i] = buf
 							default:
-								q.Flush()
+								q.DeliverFragments(testpacket.Proto(p), 0, buf)
 							}
 						}
-					})
-				}
-				wg.Wait()
+						switch mode {
+						case "baseline":
+						case "baseline-held":
+							for i := range held {
+								held[i].Release()
+							}
+						default:
+							q.Flush()
+						}
+					}
+				})
 			}
+			wg.Wait()
+			b.StopTimer()
 			segs := float64(b.N * workers * batches * len(traces[0].pkts))
 			b.ReportMetric(segs/b.Elapsed().Seconds(), "segs/s")
 		})
