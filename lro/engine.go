@@ -272,7 +272,13 @@ func (e *Engine) Flush() {
 // Close stops the flush timers and delivers every held packet. Packets
 // that arrive after Close pass through without being held.
 func (e *Engine) Close() {
-	for _, q := range append([]*Engine{e}, e.subqueues()...) {
+	// Closed first, then the queues under qmu: a queue that Queue makes
+	// after this sees e closed, and one made before is in the list.
+	e.closed.Store(true)
+	e.qmu.Lock()
+	qs := append([]*Engine{e}, e.subqueues()...)
+	e.qmu.Unlock()
+	for _, q := range qs {
 		q.closed.Store(true)
 		if q.timer != nil {
 			q.timer.Stop()

@@ -317,3 +317,26 @@ func TestQueuesConcurrent(t *testing.T) {
 	e.Close()
 	assert.Equal(t, digests(want), flowDigests(t, rec.take()))
 }
+
+// TestCloseWhileQueuesAreMade: a queue made while Close runs is closed
+// too, so it holds nothing after Close returns.
+func TestCloseWhileQueuesAreMade(t *testing.T) {
+	seg := stream(testpacket.TCP{SrcPort: 1}, []int{100}, 1, nil)[0]
+	for range 200 {
+		rec := &recorder{}
+		e := newEngine(t, rec, Config{})
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			for i := range 8 {
+				e.Queue(i)
+			}
+		})
+		wg.Go(e.Close)
+		wg.Wait()
+		for i := range 8 {
+			feed(e.Queue(i), viaPacket, seg)
+		}
+		require.Zero(t, e.Stats().Held(), "a queue made during Close holds a packet")
+		require.Len(t, rec.take(), 8)
+	}
+}
