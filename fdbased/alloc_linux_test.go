@@ -98,14 +98,14 @@ func TestSteadyStateAllocs(t *testing.T) {
 		t.Skip("the race detector makes sync.Pool drop items, so pooled views allocate")
 	}
 	const frames = 32
-	for _, frag := range []bool{false, true} {
-		name := "plain"
-		if frag {
-			name = "fragments"
-		}
-		t.Run(name, func(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		frag, vnet bool
+	}{{"plain", false, false}, {"fragments", true, false}, {"plain/vnet", false, true}, {"fragments/vnet", true, true}} {
+		frag := tc.frag
+		t.Run(tc.name, func(t *testing.T) {
 			ours, peer := socketPair(t, unix.SOCK_SEQPACKET)
-			e := newTestEndpoint(t, &Options{FDs: []int{ours}, MTU: 1500})
+			e := newTestEndpoint(t, &Options{FDs: []int{ours}, MTU: 1500, VNetHdr: tc.vnet})
 			d := newCountingDispatcher()
 			if frag {
 				e.Attach(countingFragDispatcher{d})
@@ -115,6 +115,9 @@ func TestSteadyStateAllocs(t *testing.T) {
 			batch := make([][]byte, frames)
 			for i := range batch {
 				batch[i] = makeFrame(1500, false, "", i)
+				if tc.vnet {
+					batch[i] = append(append([]byte(nil), vnetZero[:]...), batch[i]...)
+				}
 			}
 			s := newSender(peer, batch)
 			guard := time.NewTimer(waitLimit)

@@ -37,12 +37,24 @@
 // sendmmsg; other fds are read with read until EAGAIN and written with
 // writev, one packet per call.
 //
+// With Options.VNetHdr, every frame comes after a virtio_net_hdr (a TAP or
+// TUN device opened with IFF_VNET_HDR, an AF_PACKET socket with
+// PACKET_VNET_HDR): each message is read into the header, the frame's view
+// and a spare view of up to 64 KiB, which only a TCP super-packet reaches
+// and which is replaced only then. A partial checksum
+// (VIRTIO_NET_HDR_F_NEEDS_CSUM) is completed; a TCP super-packet (the
+// kernel's TSO, once TUNSETOFFLOAD turns it on for the device) is
+// delivered as one packet of up to 64 KiB, so the kernel's TCP costs one
+// read per 64 KiB instead of one per MTU.
+//
 // Known limits:
 //
-//   - No GSO, neither host (virtio-net header) nor gVisor's: netstack
-//     segments before it writes.
+//   - No GSO on output, neither host (virtio-net header) nor gVisor's:
+//     netstack segments before it writes, and VNetHdr frames go out with a
+//     header that asks for no offload.
 //   - A frame larger than the link header plus the MTU is dropped, never
-//     truncated or passed half-read. A view is the link header plus MTU plus
+//     truncated or passed half-read, unless VNetHdr marks it a TCP
+//     super-packet. A view is the link header plus MTU plus
 //     one byte, so with an MTU above buffer.MaxChunkSize minus that, views
 //     no longer come from the pool and every frame allocates.
 //   - Writes use the fd chosen by the packet's hash, as gVisor's fdbased

@@ -68,6 +68,19 @@ type Options struct {
 	// recvmmsg.
 	IOUring bool
 
+	// VNetHdr says that every frame on the fds is preceded by a 10-byte
+	// struct virtio_net_hdr, in the host's byte order: a TAP or TUN device
+	// opened with IFF_VNET_HDR, or an AF_PACKET socket with
+	// PACKET_VNET_HDR. Frames are written with a header that asks for no
+	// offload. Read, a checksum flagged VIRTIO_NET_HDR_F_NEEDS_CSUM is
+	// completed, and a frame the kernel flags as a TCP super-packet (GSO
+	// TCPv4 or TCPv6) is delivered whole, past the MTU, up to a 64 KiB IP
+	// packet; other super-packets are dropped. With TSO turned on for a
+	// TAP device (ioctl TUNSETOFFLOAD, TUN_F_CSUM|TUN_F_TSO4|TUN_F_TSO6),
+	// the kernel's TCP then sends one read's worth of up to 64 KiB where it
+	// sent MTU-sized frames. Not with IOUring.
+	VNetHdr bool
+
 	// ClosedFunc, if not nil, is called when a dispatch loop ends on its
 	// own: with &tcpip.ErrClosedForReceive{} when the fd reached its end
 	// (a seqpacket peer or a pipe's writer closed), with
@@ -87,6 +100,7 @@ type Endpoint struct {
 	hdrSize   int // link header length: 0 or header.EthernetMinimumSize
 	batchSize int
 	iouring   bool
+	vnet      bool // Options.VNetHdr
 	caps      stack.LinkEndpointCapabilities
 	closedFn  func(tcpip.Error)
 

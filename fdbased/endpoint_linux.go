@@ -44,6 +44,7 @@ func newEndpoint(opts *Options) (*Endpoint, error) {
 	e := &Endpoint{
 		batchSize: opts.BatchSize,
 		iouring:   opts.IOUring,
+		vnet:      opts.VNetHdr,
 		closedFn:  opts.ClosedFunc,
 		addr:      opts.Address,
 		mtu:       opts.MTU,
@@ -76,6 +77,7 @@ func newEndpoint(opts *Options) (*Endpoint, error) {
 		return nil, fmt.Errorf("fdbased: eventfd: %w", err)
 	}
 	e.sys.stopFD = stopFD
+	e.sys.tx.vnet = e.vnet
 	for i := range e.sys.links {
 		l := &e.sys.links[i]
 		l.r = newReader(e, l.fd, l.isSocket, stopFD, e.batchSize)
@@ -95,6 +97,8 @@ func checkOptions(opts *Options) error {
 		return fmt.Errorf("fdbased: MTU 0: %w", ErrInvalidOptions)
 	case opts.BatchSize < 0 || opts.BatchSize > maxBatchSize:
 		return fmt.Errorf("fdbased: BatchSize %d not in [0, %d]: %w", opts.BatchSize, maxBatchSize, ErrInvalidOptions)
+	case opts.VNetHdr && opts.IOUring:
+		return fmt.Errorf("fdbased: VNetHdr with IOUring: %w", ErrInvalidOptions)
 	case opts.EthernetHeader && opts.Address != "" && len(opts.Address) != header.EthernetAddressSize:
 		return fmt.Errorf("fdbased: Address %q is %d bytes, want %d: %w", opts.Address, len(opts.Address), header.EthernetAddressSize, ErrInvalidOptions)
 	}

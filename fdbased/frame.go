@@ -13,12 +13,13 @@ import (
 type verdict uint8
 
 const (
-	verdictDeliver   verdict = iota // hand it to the dispatcher
-	verdictRunt                     // shorter than link header + IPv4 header
-	verdictOversized                // longer than link header + MTU, or truncated
-	verdictNotForUs                 // unicast to another MAC
-	verdictNotIP                    // no link header, IP version neither 4 nor 6
-	verdictDetached                 // read while dispatch was being stopped
+	verdictDeliver    verdict = iota // hand it to the dispatcher
+	verdictRunt                      // shorter than link header + IPv4 header
+	verdictOversized                 // longer than link header + MTU, or truncated
+	verdictNotForUs                  // unicast to another MAC
+	verdictNotIP                     // no link header, IP version neither 4 nor 6
+	verdictDetached                  // read while dispatch was being stopped
+	verdictBadVNetHdr                // a virtio_net_hdr that cannot be applied
 )
 
 // target is where one batch goes: the dispatcher, its optional netlro
@@ -95,20 +96,70 @@ func (e *Endpoint) deliver(t *target, v *buffer.View, n int, truncated bool, c *
 	}
 	c.frames++
 	c.bytes += uint64(n)
-	frame := v.AsSlice()[:n]
-	proto, verdict := parseFrame(frame, e.hdrSize, t.maxFrame, truncated, t.addr)
-	if verdict == verdictDeliver && t.d == nil {
-		verdict = verdictDetached
-	}
-	if verdict != verdictDeliver {
-		c.count(verdict)
+	proto, verdict := parseFrame(v.AsSlice()[:n], e.hdrSize, t.maxFrame, truncated, t.addr)
+	if !t.accept(verdict, c) {
 		return false
 	}
 	v.CapLength(n)
+	e.handOff(t, proto, buffer.MakeWithView(v))
+	return true
+}
+
+// deliverVNet is deliver for a frame of n bytes read after its
+// virtio_net_hdr hdr (Options.VNetHdr): into v, and on into spare for a
+// TCP super-packet longer than v. It reports which views were handed off.
+func (e *Endpoint) deliverVNet(t *target, hdr []byte, v, spare *buffer.View, n int, truncated bool, c *batchCount) (tookV, tookSpare bool) {
+	c.frames++
+	if n > v.Size()+spare.Size() { // cannot happen with a read into v and spare
+		n, truncated = v.Size()+spare.Size(), true
+	}
+	c.bytes += uint64(n)
+	head := v.AsSlice()[:min(n, v.Size())]
+	tail := spare.AsSlice()[:n-len(head)]
+	verdict := verdictOversized
+	gso := false
+	if !truncated {
+		gso, verdict = applyVNetHdr(hdr, head, tail, t.maxFrame, e.hdrSize)
+	}
+	var proto tcpip.NetworkProtocolNumber
+	if verdict == verdictDeliver {
+		// applyVNetHdr checked the length.
+		proto, verdict = parseFrame(head, e.hdrSize, len(head), false, t.addr)
+	}
+	if !t.accept(verdict, c) {
+		return false, false
+	}
+	if gso {
+		c.gso++
+	}
+	v.CapLength(len(head))
 	buf := buffer.MakeWithView(v)
+	if len(tail) > 0 {
+		spare.CapLength(len(tail))
+		buf.Append(spare)
+	}
+	e.handOff(t, proto, buf)
+	return true, len(tail) > 0
+}
+
+// accept reports whether a frame with verdict v goes to t's dispatcher,
+// and counts it as dropped if not.
+func (t *target) accept(v verdict, c *batchCount) bool {
+	if v == verdictDeliver && t.d == nil {
+		v = verdictDetached
+	}
+	if v != verdictDeliver {
+		c.count(v)
+		return false
+	}
+	return true
+}
+
+// handOff gives t's dispatcher the frame in buf, which it takes.
+func (e *Endpoint) handOff(t *target, proto tcpip.NetworkProtocolNumber, buf buffer.Buffer) {
 	if t.frag != nil {
 		t.frag.DeliverFragments(proto, e.hdrSize, buf)
-		return true
+		return
 	}
 	// As gVisor's recvMMsgDispatcher and parseInboundHeader.
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buf})
@@ -119,7 +170,6 @@ func (e *Endpoint) deliver(t *target, v *buffer.View, n int, truncated bool, c *
 	pkt.RXChecksumValidated = t.rxValid
 	t.d.DeliverNetworkPacket(proto, pkt)
 	pkt.DecRef()
-	return true
 }
 
 // endBatch tells t that a batch is over and adds the batch's counts to the

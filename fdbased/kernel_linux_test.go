@@ -137,7 +137,9 @@ func inNetns[T any](nsFD int, f func() (T, error)) (T, error) {
 
 // openTUNTAP creates the TAP (IFF_TAP) or TUN (IFF_TUN) device name,
 // without packet information (IFF_NO_PI), in the current thread's network
-// namespace and returns its fd. The device lives as long as the fd.
+// namespace and returns its fd. The device lives as long as the fd. With
+// IFF_VNET_HDR in mode, it also turns on the device's checksum and TSO
+// offloads, so that the kernel's TCP sends super-packets through it.
 func openTUNTAP(name string, mode uint16) (int, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -152,6 +154,13 @@ func openTUNTAP(name string, mode uint16) (int, error) {
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		unix.Close(fd)
 		return -1, fmt.Errorf("TUNSETIFF %s: %w", name, err)
+	}
+	if mode&unix.IFF_VNET_HDR != 0 {
+		const offloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
+		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloads); err != nil {
+			unix.Close(fd)
+			return -1, fmt.Errorf("TUNSETOFFLOAD %s: %w", name, err)
+		}
 	}
 	return fd, nil
 }
@@ -170,6 +179,7 @@ type kernelLink struct {
 	isSocket  bool
 	rxOffload bool
 	iouring   bool // read with Options.IOUring
+	vnet      bool // Options.VNetHdr, the device sends TCP super-packets
 }
 
 var kernelLinks = []kernelLink{
@@ -177,6 +187,8 @@ var kernelLinks = []kernelLink{
 	{name: "tun", open: openTUNTAPLink("tun0", unix.IFF_TUN)},
 	{name: "tap-iouring", open: openTUNTAPLink("tap0", unix.IFF_TAP), ethernet: true, iouring: true},
 	{name: "tun-iouring", open: openTUNTAPLink("tun0", unix.IFF_TUN), iouring: true},
+	{name: "tap-tso", open: openTUNTAPLink("tap0", unix.IFF_TAP|unix.IFF_VNET_HDR), ethernet: true, vnet: true},
+	{name: "tun-tso", open: openTUNTAPLink("tun0", unix.IFF_TUN|unix.IFF_VNET_HDR), vnet: true},
 	{name: "af_packet", open: openPacketLink(1), ethernet: true, isSocket: true, rxOffload: true},
 	{name: "af_packet-fanout", open: openPacketLink(2), ethernet: true, isSocket: true, rxOffload: true},
 }
@@ -281,7 +293,7 @@ func testKernelStream(t *testing.T, kl kernelLink, withLRO bool, size int) {
 	ip(t, "-n", ns, "link", "set", "lo", "up")
 	fds := kl.open(t, ns, nsFD)
 
-	le, err := New(&Options{FDs: fds, MTU: 1500, EthernetHeader: kl.ethernet, Address: ourMAC, RXChecksumOffload: kl.rxOffload, IOUring: kl.iouring})
+	le, err := New(&Options{FDs: fds, MTU: 1500, EthernetHeader: kl.ethernet, Address: ourMAC, RXChecksumOffload: kl.rxOffload, IOUring: kl.iouring, VNetHdr: kl.vnet})
 	require.NoError(t, err)
 	ep := le.(*Endpoint)
 	require.Equal(t, kl.isSocket, ep.sys.links[0].isSocket, "read with recvmmsg if and only if a socket")
@@ -386,6 +398,13 @@ func testKernelStream(t *testing.T, kl kernelLink, withLRO bool, size int) {
 		assert.Equal(t, st.Batches, st.RingBatches, "every batch read through io_uring")
 	} else {
 		assert.Zero(t, st.RingBatches)
+	}
+	assert.Zero(t, st.DroppedVNetHdr)
+	if kl.vnet {
+		assert.NotZero(t, st.GSOFrames, "the kernel sent TCP super-packets")
+		t.Logf("fdbased: %d super-packets, %.0f bytes per frame", st.GSOFrames, float64(st.Bytes)/float64(st.Frames))
+	} else {
+		assert.Zero(t, st.GSOFrames)
 	}
 	if withLRO {
 		ls := lep.Stats()

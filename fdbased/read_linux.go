@@ -32,10 +32,19 @@ type reader struct {
 	// refill.
 	size int
 	// views holds one view per frame of a batch; nil where the frame's
-	// view was handed off. iovs[k] points into views[k] and msgs[k] at
-	// iovs[k].
+	// view was handed off. msgs[k] points at its per iovecs,
+	// iovs[k*per:].
 	views []*buffer.View
 	iovs  []unix.Iovec
+	per   int // iovecs per message: 1, or 3 with vnet
+	// vnet (Options.VNetHdr): each message reads a virtio_net_hdr into
+	// hdrs[k], then the frame into views[k] and, past its end (a TCP
+	// super-packet), into spares[k], of spareSize bytes. A spare is
+	// replaced only when a frame reached it.
+	vnet      bool
+	hdrs      [][vnetHdrSize]byte
+	spares    []*buffer.View
+	spareSize int
 	// msgs are recvmmsg's message headers. For a non-socket, read fills
 	// in Len and clears Msg.Flags, so that dispatch reads both alike.
 	msgs []rawfile.MMsgHdr
@@ -51,12 +60,18 @@ type reader struct {
 
 // newReader returns a reader of fd with room for batch frames per batch.
 func newReader(e *Endpoint, fd int, isSocket bool, stopFD int, batch int) *reader {
+	per := 1
+	if e.vnet {
+		per = 3
+	}
 	r := &reader{
 		e:        e,
 		fd:       fd,
 		isSocket: isSocket,
 		views:    make([]*buffer.View, batch),
-		iovs:     make([]unix.Iovec, batch),
+		iovs:     make([]unix.Iovec, batch*per),
+		per:      per,
+		vnet:     e.vnet,
 		msgs:     make([]rawfile.MMsgHdr, batch),
 		pfds: [2]unix.PollFd{
 			{Fd: int32(stopFD), Events: unix.POLLIN},
@@ -65,8 +80,16 @@ func newReader(e *Endpoint, fd int, isSocket bool, stopFD int, batch int) *reade
 		hup: [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}},
 	}
 	for k := range r.msgs {
-		r.msgs[k].Msg.Iov = &r.iovs[k]
-		r.msgs[k].Msg.SetIovlen(1)
+		r.msgs[k].Msg.Iov = &r.iovs[k*per]
+		r.msgs[k].Msg.SetIovlen(per)
+	}
+	if r.vnet {
+		r.hdrs = make([][vnetHdrSize]byte, batch)
+		r.spares = make([]*buffer.View, batch)
+		for k := range r.hdrs {
+			r.iovs[k*per].Base = &r.hdrs[k][0]
+			r.iovs[k*per].SetLen(vnetHdrSize)
+		}
 	}
 	return r
 }
@@ -169,11 +192,18 @@ func (r *reader) readReady() (int, unix.Errno) {
 	return len(r.views), 0
 }
 
-// readOne reads one frame into views[k], retrying on EINTR.
+// readOne reads one frame into message k's iovecs, retrying on EINTR.
 func (r *reader) readOne(k int) (int, unix.Errno) {
 	for {
-		n, _, errno := unix.RawSyscall(unix.SYS_READ, uintptr(r.fd),
-			uintptr(unsafe.Pointer(r.iovs[k].Base)), uintptr(r.iovs[k].Len))
+		var n uintptr
+		var errno unix.Errno
+		if r.per == 1 {
+			n, _, errno = unix.RawSyscall(unix.SYS_READ, uintptr(r.fd),
+				uintptr(unsafe.Pointer(r.iovs[k].Base)), uintptr(r.iovs[k].Len))
+		} else {
+			n, _, errno = unix.RawSyscall(unix.SYS_READV, uintptr(r.fd),
+				uintptr(unsafe.Pointer(&r.iovs[k*r.per])), uintptr(r.per))
+		}
 		if errno != unix.EINTR {
 			return int(n), errno
 		}
@@ -233,6 +263,17 @@ func (r *reader) dispatch(n int) (eof bool) {
 			eof = true
 			continue
 		}
+		if r.vnet {
+			hdr := r.hdrs[k][:min(length, vnetHdrSize)]
+			tookV, tookSpare := r.e.deliverVNet(t, hdr, r.views[k], r.spares[k], length-len(hdr), truncated, &c)
+			if tookV {
+				r.views[k] = nil
+			}
+			if tookSpare {
+				r.spares[k] = nil
+			}
+			continue
+		}
 		if r.e.deliver(t, r.views[k], length, truncated, &c) {
 			r.views[k] = nil
 		}
@@ -251,24 +292,38 @@ func (r *reader) refill() {
 	if size := r.e.bufSize(); size != r.size {
 		r.release()
 		r.size = size
+		// A super-packet's bytes past the first view; at least one byte,
+		// so that a frame that fills the view and spills is known as one.
+		r.spareSize = max(1, maxGSOFrame(r.e.hdrSize)+1-size)
+	}
+	at := 0 // views[k]'s iovec in message k; a spare's follows it
+	if r.vnet {
+		at = 1 // after the header's
 	}
 	for k, v := range r.views {
-		if v != nil {
-			continue
+		if v == nil {
+			v = buffer.NewViewSize(r.size)
+			r.views[k] = v
+			r.iovs[k*r.per+at].Base = &v.AsSlice()[0]
+			r.iovs[k*r.per+at].SetLen(r.size)
 		}
-		v = buffer.NewViewSize(r.size)
-		r.views[k] = v
-		r.iovs[k].Base = &v.AsSlice()[0]
-		r.iovs[k].SetLen(r.size)
+		if r.vnet && r.spares[k] == nil {
+			sp := buffer.NewViewSize(r.spareSize)
+			r.spares[k] = sp
+			r.iovs[k*r.per+at+1].Base = &sp.AsSlice()[0]
+			r.iovs[k*r.per+at+1].SetLen(r.spareSize)
+		}
 	}
 }
 
 // release returns every view the reader holds to the pool.
 func (r *reader) release() {
-	for k, v := range r.views {
-		if v != nil {
-			v.Release()
-			r.views[k] = nil
+	for _, views := range [][]*buffer.View{r.views, r.spares} {
+		for k, v := range views {
+			if v != nil {
+				v.Release()
+				views[k] = nil
+			}
 		}
 	}
 }

@@ -32,6 +32,14 @@ type Stats struct {
 	// DroppedDetached counts frames read while Attach(nil) or Close was
 	// stopping dispatch, when there was no dispatcher to give them to.
 	DroppedDetached uint64
+	// DroppedVNetHdr counts frames whose virtio_net_hdr (Options.VNetHdr)
+	// cannot be applied: too short, a checksum field outside the headers,
+	// or a super-packet type other than TCP.
+	DroppedVNetHdr uint64
+
+	// GSOFrames counts delivered frames that the kernel marked as TCP
+	// super-packets (Options.VNetHdr with TSO turned on for the device).
+	GSOFrames uint64
 
 	// RingBatches is the number of those batches read through io_uring
 	// (Options.IOUring) rather than read(2).
@@ -54,23 +62,25 @@ func (s Stats) MeanBatch() float64 {
 
 // Delivered returns the number of frames handed to the dispatcher.
 func (s Stats) Delivered() uint64 {
-	return s.Frames - s.DroppedRunt - s.DroppedOversized - s.DroppedNotForUs - s.DroppedNotIP - s.DroppedDetached
+	return s.Frames - s.DroppedRunt - s.DroppedOversized - s.DroppedNotForUs - s.DroppedNotIP - s.DroppedDetached - s.DroppedVNetHdr
 }
 
 // counters are an Endpoint's live counters. Dispatch loops add a batch's
 // worth at a time, so they touch the shared atomics once per batch, not
 // once per frame.
 type counters struct {
-	frames, bytes, batches                     atomic.Uint64
-	runt, oversized, notForUs, notIP, detached atomic.Uint64
-	written, writeErrors                       atomic.Uint64
-	ringBatches                                atomic.Uint64
+	frames, bytes, batches                           atomic.Uint64
+	runt, oversized, notForUs, notIP, detached, vnet atomic.Uint64
+	gso                                              atomic.Uint64
+	written, writeErrors                             atomic.Uint64
+	ringBatches                                      atomic.Uint64
 }
 
 // batchCount counts one batch on the dispatch goroutine, without atomics.
 type batchCount struct {
-	frames, bytes                              uint64
-	runt, oversized, notForUs, notIP, detached uint64
+	frames, bytes                                    uint64
+	runt, oversized, notForUs, notIP, detached, vnet uint64
+	gso                                              uint64 // delivered super-packets
 }
 
 // add adds a finished batch to c.
@@ -85,7 +95,8 @@ func (c *counters) add(b *batchCount) {
 	for _, f := range [...]struct {
 		n uint64
 		c *atomic.Uint64
-	}{{b.runt, &c.runt}, {b.oversized, &c.oversized}, {b.notForUs, &c.notForUs}, {b.notIP, &c.notIP}, {b.detached, &c.detached}} {
+	}{{b.runt, &c.runt}, {b.oversized, &c.oversized}, {b.notForUs, &c.notForUs}, {b.notIP, &c.notIP}, {b.detached, &c.detached},
+		{b.vnet, &c.vnet}, {b.gso, &c.gso}} {
 		if f.n != 0 {
 			f.c.Add(f.n)
 		}
@@ -105,6 +116,8 @@ func (b *batchCount) count(v verdict) {
 		b.notIP++
 	case verdictDetached:
 		b.detached++
+	case verdictBadVNetHdr:
+		b.vnet++
 	}
 }
 
@@ -119,6 +132,8 @@ func (c *counters) snapshot() Stats {
 	s.DroppedNotForUs = c.notForUs.Load()
 	s.DroppedNotIP = c.notIP.Load()
 	s.DroppedDetached = c.detached.Load()
+	s.DroppedVNetHdr = c.vnet.Load()
+	s.GSOFrames = c.gso.Load()
 	s.Batches = c.batches.Load()
 	s.Bytes = c.bytes.Load()
 	s.Frames = c.frames.Load()

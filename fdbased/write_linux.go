@@ -19,6 +19,7 @@ type writer struct {
 	mu   sync.Mutex
 	msgs []rawfile.MMsgHdr // guarded by mu
 	iovs []unix.Iovec      // guarded by mu
+	vnet bool              // each frame starts with a virtio_net_hdr
 }
 
 // WritePackets implements stack.LinkWriter.WritePackets. Packets go to
@@ -93,7 +94,7 @@ func (w *writer) fillMsgs(ps []*stack.PacketBuffer) {
 	w.iovs = w.iovs[:0]
 	for k, pkt := range ps {
 		start := len(w.iovs)
-		w.iovs = appendPacket(w.iovs, pkt)
+		w.iovs = w.appendFrame(w.iovs, pkt)
 		w.msgs[k] = rawfile.MMsgHdr{}
 		w.msgs[k].Msg.SetIovlen(len(w.iovs) - start)
 	}
@@ -110,7 +111,7 @@ func (w *writer) fillMsgs(ps []*stack.PacketBuffer) {
 // Precondition: w.mu is held.
 func (w *writer) writeEach(fd int, ps []*stack.PacketBuffer) (int, tcpip.Error) {
 	for k, pkt := range ps {
-		w.iovs = appendPacket(w.iovs[:0], pkt)
+		w.iovs = w.appendFrame(w.iovs[:0], pkt)
 		for {
 			_, _, errno := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd),
 				uintptr(unsafe.Pointer(&w.iovs[0])), uintptr(len(w.iovs)))
@@ -126,10 +127,21 @@ func (w *writer) writeEach(fd int, ps []*stack.PacketBuffer) (int, tcpip.Error) 
 	return len(ps), nil
 }
 
+// appendFrame appends iovecs for the frame of pkt to iovs: with vnet, a
+// virtio_net_hdr that asks for no offload, then the packet.
+func (w *writer) appendFrame(iovs []unix.Iovec, pkt *stack.PacketBuffer) []unix.Iovec {
+	if !w.vnet {
+		return appendPacket(iovs, pkt, rawfile.MaxIovs)
+	}
+	iovs = append(iovs, unix.Iovec{Base: &vnetZero[0]})
+	iovs[len(iovs)-1].SetLen(vnetHdrSize)
+	return appendPacket(iovs, pkt, rawfile.MaxIovs-1)
+}
+
 // appendPacket appends iovecs for the bytes of pkt, headers included, to
-// iovs. Past UIO_MAXIOV views it joins the rest into the last iovec, as
+// iovs. Past max views it joins the rest into the last iovec, as
 // rawfile.AppendIovecFromBytes does.
-func appendPacket(iovs []unix.Iovec, pkt *stack.PacketBuffer) []unix.Iovec {
+func appendPacket(iovs []unix.Iovec, pkt *stack.PacketBuffer, max int) []unix.Iovec {
 	start := len(iovs)
 	own := iovs[start:] // this packet's iovecs; may move if iovs grows
 	views, off := pkt.AsViewList()
@@ -139,7 +151,7 @@ func appendPacket(iovs []unix.Iovec, pkt *stack.PacketBuffer) []unix.Iovec {
 			off -= len(b)
 			continue
 		}
-		own = rawfile.AppendIovecFromBytes(own, b[off:], rawfile.MaxIovs)
+		own = rawfile.AppendIovecFromBytes(own, b[off:], max)
 		off = 0
 	}
 	if len(own) == 0 {
