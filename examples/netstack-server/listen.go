@@ -35,7 +35,7 @@ func runListen(ctx context.Context, o options, stdout io.Writer) error {
 			return usageError{err.Error()}
 		}
 	}
-	fd, err := tapns.OpenTAP(o.tapName)
+	fd, err := tapns.OpenTAP(o.tapName, o.tso)
 	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
 		return usageError{fmt.Sprintf("-tap-name %s: %v: needs root, or a TAP device made for this user (ip tuntap add %s mode tap user $USER)", o.tapName, err, o.tapName)}
 	}
@@ -54,7 +54,7 @@ func runListen(ctx context.Context, o options, stdout io.Writer) error {
 		pcap = f
 	}
 	addr := tcpip.AddrFromSlice(ap.Addr().Unmap().AsSlice())
-	link := iperf.LinkOptions{FD: fd, MTU: uint32(o.mtu), EthernetHeader: true, Address: netstackMAC}
+	link := iperf.LinkOptions{FD: fd, MTU: uint32(o.mtu), EthernetHeader: true, Address: netstackMAC, VNetHdr: o.tso}
 	rs, err := iperf.NewReceiverStack(mode, link, pcap, addr)
 	if err != nil {
 		return err
@@ -93,6 +93,6 @@ func printTest(w io.Writer, t iperf3.Test, rs *iperf.ReceiverStack) {
 		fmt.Fprintf(w, "  netlro since start: %s\n", indent(st.String()))
 	}
 	if st, ok := rs.Link.FDStats(); ok {
-		fmt.Fprintf(w, "  fdbased since start: %d frames in %d batches (%.1f per batch)\n", st.Frames, st.Batches, st.MeanBatch())
+		fmt.Fprintf(w, "  fdbased since start: %d frames in %d batches (%.1f per batch), %d TCP super-packets\n", st.Frames, st.Batches, st.MeanBatch(), st.GSOFrames)
 	}
 }

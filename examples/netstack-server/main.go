@@ -17,7 +17,9 @@
 // receiver compares with the sender's.
 //
 // -tap (root) has the Linux kernel's TCP send instead, from a network
-// namespace through a TAP device. -listen with -tap-name serves the iperf3
+// namespace through a TAP device; with -tso the device takes the kernel's
+// TCP super-packets (TSO) and this project's rows read them whole. -listen
+// with -tap-name serves the iperf3
 // protocol on an existing TAP device, so that an unmodified iperf3 -c
 // measures netstack with netlro.
 //
@@ -25,7 +27,7 @@
 //
 //	netstack-server [-time 3s | -bytes 1G] [-mode M] [-streams N] [-ipv6]
 //	                [-mtu 1500] [-impair PROFILE] [-json] [-cpuprofile F] [-pcap F]
-//	netstack-server -tap [same flags]
+//	netstack-server -tap [-iouring | -tso] [-cc cubic] [same flags]
 //	netstack-server -listen 192.0.2.2:5201 -tap-name tap0 [-mode M]
 package main
 
@@ -38,6 +40,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -65,6 +68,7 @@ type options struct {
 	seed       uint64
 	tap        bool
 	iouring    bool
+	tso        bool
 	cc         string
 	listen     string
 	tapName    string
@@ -96,6 +100,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.Uint64Var(&o.seed, "seed", 1, "seed of the pseudo-random payload")
 	fs.BoolVar(&o.tap, "tap", false, "the Linux kernel's TCP sends, from a network namespace through a TAP device (root)")
 	fs.BoolVar(&o.iouring, "iouring", false, "with -tap: this project's fdbased reads the TAP device with io_uring (one system call per batch)")
+	fs.BoolVar(&o.tso, "tso", false, "with -tap or -listen: the TAP device takes TCP super-packets (IFF_VNET_HDR, TSO on), read by this project's fdbased with VNetHdr; its rows only")
 	fs.StringVar(&o.cc, "cc", "cubic", "with -tap: the kernel sender's TCP congestion control (TCP_CONGESTION on its sockets; Linux's default is cubic, whatever the machine's sysctl says)")
 	fs.StringVar(&o.listen, "listen", "", "serve the iperf3 protocol at `addr:port` on the TAP device -tap-name")
 	fs.StringVar(&o.tapName, "tap-name", "", "existing TAP device for -listen")
@@ -165,7 +170,7 @@ func runTable(ctx context.Context, o options, stdout io.Writer) error {
 	}
 	var env runEnv
 	if o.tap {
-		tenv, err := newTapEnv(ctx, cfg, o.cc)
+		tenv, err := newTapEnv(ctx, cfg, o.cc, o.tso)
 		if err != nil {
 			return err
 		}
@@ -223,10 +228,23 @@ func tableConfig(o options) (iperf.Config, []iperf.Mode, error) {
 		cfg.Profile = p
 	}
 	modes := iperf.Modes
+	if o.tso {
+		if !o.tap {
+			return cfg, nil, usageError{"-tso goes with -tap (or -listen): it is a TAP device's offload"}
+		}
+		if o.iouring {
+			return cfg, nil, usageError{"-tso with -iouring: this project's fdbased reads a virtio_net_hdr with read(2) only"}
+		}
+		// gVisor's fdbased reads a virtio_net_hdr only from a socket.
+		modes = []iperf.Mode{iperf.ModeFdbased, iperf.ModeNetlro, iperf.ModeNetlroReseg, iperf.ModeNetlroOffload}
+	}
 	if o.mode != "" {
 		m, err := iperf.ParseMode(o.mode)
 		if err != nil {
 			return cfg, nil, usageError{err.Error()}
+		}
+		if !slices.Contains(modes, m) {
+			return cfg, nil, usageError{fmt.Sprintf("-mode %s with -tso: gVisor's fdbased reads no virtio_net_hdr from a TAP device", m)}
 		}
 		modes = []iperf.Mode{m}
 	}

@@ -142,6 +142,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"-bytes", "lots"}, "-bytes"},
 		{[]string{"-listen", "192.0.2.2:5201"}, "-listen and -tap-name go together"},
 		{[]string{"-tap", "-impair", "loss1"}, "tc netem"},
+		{[]string{"-tso"}, "-tso goes with -tap"},
+		{[]string{"-tap", "-tso", "-iouring"}, "-tso with -iouring"},
+		{[]string{"-tap", "-tso", "-mode", "netstack"}, "-mode netstack with -tso"},
 		{[]string{"stray"}, "unexpected arguments"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

@@ -26,12 +26,13 @@ var netstackMAC = tcpip.LinkAddress("\x02\x00\x00\x00\x00\x02")
 type tapEnv struct {
 	ns      *tapns.Namespace
 	iouring bool   // this project's fdbased reads the TAP with io_uring
+	tso     bool   // the TAP takes TCP super-packets behind a virtio_net_hdr
 	cc      string // the kernel sender's congestion control
 }
 
 // newTapEnv creates the namespace and the TAP device. Without the
 // privilege it fails with a usageError, exit code 2.
-func newTapEnv(ctx context.Context, cfg iperf.Config, cc string) (*tapEnv, error) {
+func newTapEnv(ctx context.Context, cfg iperf.Config, cc string, tso bool) (*tapEnv, error) {
 	if err := tapns.Check(); err != nil {
 		if errors.Is(err, tapns.ErrPrivilege) {
 			return nil, usageError{"-tap " + err.Error()}
@@ -45,11 +46,11 @@ func newTapEnv(ctx context.Context, cfg iperf.Config, cc string) (*tapEnv, error
 	if err := checkCongestionControl(cc); err != nil {
 		return nil, usageError{fmt.Sprintf("-cc %s: %v", cc, err)}
 	}
-	ns, err := tapns.New(ctx, tapns.Config{MTU: mtu, Addrs: kernelPrefixes()})
+	ns, err := tapns.New(ctx, tapns.Config{MTU: mtu, Addrs: kernelPrefixes(), TSO: tso})
 	if err != nil {
 		return nil, err
 	}
-	return &tapEnv{ns: ns, cc: cc}, nil
+	return &tapEnv{ns: ns, cc: cc, tso: tso}, nil
 }
 
 // checkCongestionControl tells whether the kernel has the TCP congestion
@@ -86,14 +87,18 @@ func (t *tapEnv) Close() {
 }
 
 func (t *tapEnv) describe(cfg iperf.Config, o options) string {
-	return fmt.Sprintf("the Linux kernel's TCP (%s) sends from network namespace %s through TAP device %s into netstack\n%s",
-		t.cc, t.ns.Name, t.ns.IfName, describeRun(cfg))
+	tso := ""
+	if t.tso {
+		tso = " (TSO: super-packets of up to 64 KiB)"
+	}
+	return fmt.Sprintf("the Linux kernel's TCP (%s) sends from network namespace %s through TAP device %s%s into netstack\n%s",
+		t.cc, t.ns.Name, t.ns.IfName, tso, describeRun(cfg))
 }
 
 func (t *tapEnv) run(ctx context.Context, cfg iperf.Config) (iperf.Result, error) {
 	_, receiver := cfg.Addrs()
 	remote := net.JoinHostPort(receiver.String(), strconv.Itoa(iperf.Port))
-	link := iperf.LinkOptions{FD: t.ns.FD, EthernetHeader: true, Address: netstackMAC, IOUring: t.iouring}
+	link := iperf.LinkOptions{FD: t.ns.FD, EthernetHeader: true, Address: netstackMAC, IOUring: t.iouring, VNetHdr: t.tso}
 	return iperf.RunReceiver(ctx, cfg, link, func(ctx context.Context) (iperf.SendResult, error) {
 		return startSender(ctx, senderJob{Config: cfg, Kernel: true, Remote: remote, CC: t.cc}, t.ns.ExecPrefix(), nil)
 	})

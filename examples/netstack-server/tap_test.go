@@ -26,11 +26,17 @@ func TestTapTable(t *testing.T) {
 	if err := tapns.Check(); err != nil {
 		t.Skipf("skipping: -tap: %v", err)
 	}
-	for _, row := range []struct{ mode, cc string }{{"fdbased", ""}, {"netlro", "reno"}} {
+	for _, row := range []struct {
+		mode, cc string
+		tso      bool
+	}{{"fdbased", "", false}, {"netlro", "reno", false}, {"netlro", "", true}} {
 		args := []string{"-tap", "-bytes", "4M", "-mode", row.mode, "-json"}
 		wantCC := "cubic" // the default, whatever the machine's sysctl says
 		if row.cc != "" {
 			args, wantCC = append(args, "-cc", row.cc), row.cc
+		}
+		if row.tso {
+			args = append(args, "-tso")
 		}
 		code, out, errOut := runArgs(t, args...)
 		require.Equal(t, 0, code, "stderr: %s", errOut)
@@ -40,6 +46,12 @@ func TestTapTable(t *testing.T) {
 		assert.Contains(t, rep.Description, "Linux kernel's TCP ("+wantCC+")")
 		assert.True(t, rep.Results[0].Verified)
 		assert.Equal(t, int64(4<<20), rep.Results[0].Bytes)
+		require.NotNil(t, rep.Results[0].FD)
+		if row.tso {
+			assert.Positive(t, rep.Results[0].FD.GSOFrames, "the kernel sent TCP super-packets")
+		} else {
+			assert.Zero(t, rep.Results[0].FD.GSOFrames)
+		}
 		// Other packages' tests make namespaces of their own at the same
 		// time: check only the one this run says it made.
 		ns := regexp.MustCompile(`network namespace (\S+)`).FindStringSubmatch(rep.Description)
@@ -76,7 +88,8 @@ func namespaces(t *testing.T) []string {
 
 // TestListenIperf3 runs the program's -listen server inside a namespace
 // the test creates, on a TAP device there, and the real iperf3 client
-// against it, forward and reverse.
+// against it, forward and reverse; also with -tso, where the kernel's
+// TCP sends super-packets through the TAP device.
 func TestListenIperf3(t *testing.T) {
 	if err := tapns.Check(); err != nil {
 		t.Skipf("skipping: -listen on a TAP device in a namespace: %v", err)
@@ -85,9 +98,19 @@ func TestListenIperf3(t *testing.T) {
 	if err != nil {
 		t.Skip("skipping: iperf3 is not installed (apt-get install iperf3)")
 	}
+	for i, tso := range []bool{false, true} {
+		name := "plain"
+		if tso {
+			name = "tso"
+		}
+		t.Run(name, func(t *testing.T) { testListenIperf3(t, bin, i, tso) })
+	}
+}
+
+func testListenIperf3(t *testing.T, bin string, seq int, tso bool) {
 	a4 := iperf.SenderAddr4.As4()
 	ns, err := tapns.New(t.Context(), tapns.Config{
-		Name:       "netlro-listen-" + strconv.Itoa(os.Getpid()),
+		Name:       "netlro-listen-" + strconv.Itoa(os.Getpid()) + "-" + strconv.Itoa(seq),
 		IfName:     "nss0",
 		Persistent: true,
 		Addrs:      []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4(a4), 24)},
@@ -100,7 +123,11 @@ func TestListenIperf3(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	addr := iperf.ReceiverAddr4.String()
-	server := ns.Command(ctx, exe, "-listen", addr+":5201", "-tap-name", "nss0")
+	args := []string{"-listen", addr + ":5201", "-tap-name", "nss0"}
+	if tso {
+		args = append(args, "-tso")
+	}
+	server := ns.Command(ctx, exe, args...)
 	server.Env = append(os.Environ(), runMainEnv+"=1")
 	stdout, err := server.StdoutPipe()
 	require.NoError(t, err)
@@ -148,4 +175,9 @@ func TestListenIperf3(t *testing.T) {
 	assert.Equal(t, 2, strings.Count(all, "test from "), all)
 	assert.Contains(t, all, "netstack to client (-R), 2 stream(s)")
 	assert.Contains(t, all, "netlro since start: in ")
+	if tso {
+		assert.NotContains(t, all, ", 0 TCP super-packets", "the kernel sent super-packets")
+	} else {
+		assert.Contains(t, all, ", 0 TCP super-packets")
+	}
 }

@@ -91,6 +91,10 @@ type LinkOptions struct {
 	// IOUring makes this project's fdbased read a TAP/TUN device with
 	// io_uring (fdbased.Options.IOUring). gVisor's fdbased ignores it.
 	IOUring bool
+	// VNetHdr says that FD carries a virtio_net_hdr before each frame
+	// (fdbased.Options.VNetHdr). gVisor's fdbased reads one only from a
+	// socket, so its modes refuse it.
+	VNetHdr bool
 }
 
 // Link is a receiver's link endpoint and the parts of it that keep
@@ -125,6 +129,9 @@ func (l *Link) FDStats() (fdbased.Stats, bool) {
 func NewLink(m Mode, opts LinkOptions) (*Link, error) {
 	switch m {
 	case ModeNetstack, ModeGVisorGRO:
+		if opts.VNetHdr {
+			return nil, fmt.Errorf("iperf: %s: gVisor's fdbased reads no virtio_net_hdr from a TAP or TUN device", m)
+		}
 		gro := m == ModeGVisorGRO
 		ep, err := gfdbased.New(&gfdbased.Options{
 			FDs:                []int{opts.FD},
@@ -149,6 +156,7 @@ func NewLink(m Mode, opts LinkOptions) (*Link, error) {
 		EthernetHeader: opts.EthernetHeader,
 		Address:        opts.Address,
 		IOUring:        opts.IOUring,
+		VNetHdr:        opts.VNetHdr,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("iperf: %s: fdbased: %w", m, err)
