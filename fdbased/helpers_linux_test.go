@@ -29,6 +29,17 @@ func socketPair(t testing.TB, typ int) (ours, peer int) {
 	return fds[0], fds[1]
 }
 
+// socketPairs returns n SOCK_SEQPACKET socket pairs: the endpoint's ends
+// and the test's.
+func socketPairs(t testing.TB, n int) (ours, peers []int) {
+	t.Helper()
+	for range n {
+		o, p := socketPair(t, unix.SOCK_SEQPACKET)
+		ours, peers = append(ours, o), append(peers, p)
+	}
+	return ours, peers
+}
+
 // newTestEndpoint returns an Endpoint made from opts, closed and waited
 // for when the test ends.
 func newTestEndpoint(t testing.TB, opts *Options) *Endpoint {

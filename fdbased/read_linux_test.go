@@ -269,11 +269,7 @@ func TestSetMTU(t *testing.T) {
 
 func TestSeveralFDs(t *testing.T) {
 	const fds, frames = 3, 50
-	var ours, peers []int
-	for range fds {
-		o, p := socketPair(t, unix.SOCK_SEQPACKET)
-		ours, peers = append(ours, o), append(peers, p)
-	}
+	ours, peers := socketPairs(t, fds)
 	e := newTestEndpoint(t, &Options{FDs: ours, MTU: 1500})
 	r := newRecorder()
 	e.Attach(fragDispatcher{r})
@@ -299,11 +295,7 @@ func TestSeveralFDs(t *testing.T) {
 // that one fd's batch end never flushes another fd's sessions.
 func TestSeveralFDsQueues(t *testing.T) {
 	const fds, segs = 3, 40
-	var ours, peers []int
-	for range fds {
-		o, p := socketPair(t, unix.SOCK_SEQPACKET)
-		ours, peers = append(ours, o), append(peers, p)
-	}
+	ours, peers := socketPairs(t, fds)
 	e := newTestEndpoint(t, &Options{FDs: ours, MTU: 1500})
 	r := newRecorder()
 	engine, err := lro.New(r, lro.Config{FlushDelay: -1})
