@@ -91,7 +91,7 @@ func parseFrame(frame []byte, hdrSize, maxFrame int, truncated bool, addr tcpip.
 // true if v was handed off, so the caller must read the next frame into a
 // new view; a dropped frame's view stays the caller's, as it was.
 func (e *Endpoint) deliver(t *target, v *buffer.View, n int, truncated bool, c *batchCount) bool {
-	if n > v.Size() { // cannot happen with a read into v; never index past it
+	if n > v.Size() { // a TUN/TAP read returns the frame's whole length
 		n, truncated = v.Size(), true
 	}
 	c.frames++
@@ -110,7 +110,7 @@ func (e *Endpoint) deliver(t *target, v *buffer.View, n int, truncated bool, c *
 // TCP super-packet longer than v. It reports which views were handed off.
 func (e *Endpoint) deliverVNet(t *target, hdr []byte, v, spare *buffer.View, n int, truncated bool, c *batchCount) (tookV, tookSpare bool) {
 	c.frames++
-	if n > v.Size()+spare.Size() { // cannot happen with a read into v and spare
+	if n > v.Size()+spare.Size() { // a TUN/TAP read returns the frame's whole length
 		n, truncated = v.Size()+spare.Size(), true
 	}
 	c.bytes += uint64(n)

@@ -156,7 +156,7 @@ func openTUNTAP(name string, mode uint16) (int, error) {
 		return -1, fmt.Errorf("TUNSETIFF %s: %w", name, err)
 	}
 	if mode&unix.IFF_VNET_HDR != 0 {
-		const offloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
+		const offloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6 | unix.TUN_F_TSO_ECN
 		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloads); err != nil {
 			unix.Close(fd)
 			return -1, fmt.Errorf("TUNSETOFFLOAD %s: %w", name, err)

@@ -2,9 +2,7 @@ package fdbased
 
 import (
 	"encoding/binary"
-	"math/bits"
 
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/netlro/netlro/internal/csum"
@@ -89,14 +87,5 @@ func applyVNetHdr(hdr, head, tail []byte, maxFrame, hdrSize int) (gso bool, v ve
 // on. start is at most len(head).
 func sumFrom(head, tail []byte, start int) uint16 {
 	a := head[start:]
-	sum := csum.Checksum(a, 0)
-	if len(tail) == 0 {
-		return sum
-	}
-	t := csum.Checksum(tail, 0)
-	if len(a)%2 != 0 {
-		// tail's 16-bit words straddle the other byte boundary.
-		t = bits.RotateLeft16(t, 8)
-	}
-	return checksum.Combine(sum, t)
+	return csum.Concat(csum.Checksum(a, 0), csum.Checksum(tail, 0), len(a))
 }

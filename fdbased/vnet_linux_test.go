@@ -134,3 +134,24 @@ func TestVNetHdrWithIOUring(t *testing.T) {
 	_, err := New(&Options{FDs: []int{fd}, MTU: 1500, VNetHdr: true, IOUring: true})
 	assert.ErrorIs(t, err, ErrInvalidOptions)
 }
+
+// TestVNetReadEINVAL: a read that the kernel fails with EINVAL for a
+// packet it could not describe in a virtio_net_hdr is a dropped frame, not
+// the end of the fd; without VNetHdr it is an error like any other.
+func TestVNetReadEINVAL(t *testing.T) {
+	for _, vnet := range []bool{false, true} {
+		fd, _ := socketPair(t, unix.SOCK_SEQPACKET)
+		e := newTestEndpoint(t, &Options{FDs: []int{fd}, MTU: 1500, VNetHdr: vnet})
+		r := e.sys.links[0].r
+		assert.Equal(t, vnet, r.vnetDropped(unix.EINVAL))
+		assert.False(t, r.vnetDropped(unix.EBADF))
+		assert.False(t, r.vnetDropped(0))
+		st := e.Stats()
+		if vnet {
+			assert.Equal(t, Stats{Frames: 1, DroppedVNetHdr: 1}, st)
+		} else {
+			assert.Zero(t, st)
+		}
+		assert.Zero(t, st.Delivered())
+	}
+}

@@ -18,6 +18,13 @@ type flowKey struct {
 	link     uint64 // Ethernet source address, VLAN ID << 48
 }
 
+// equal reports whether k and o name the same flow. Field by field, the
+// ports first, it compiles to a few loads and compares where == on the
+// struct calls runtime.memequal on every lookup.
+func (k *flowKey) equal(o *flowKey) bool {
+	return k.ports == o.ports && k.src == o.src && k.dst == o.dst && k.link == o.link && k.proto == o.proto
+}
+
 // hash mixes the key with a per-engine random seed, so a peer cannot
 // choose addresses and ports that put every flow in one bucket. It reads
 // the key a word at a time (jenkins one-at-a-time, fdbased's
@@ -155,11 +162,11 @@ func (sh *shard) bucket(h uint64) int {
 //
 // +checklocks:sh.mu
 func (sh *shard) lookup(s *segment, seed uint64) int32 {
-	if i := sh.last; i >= 0 && sh.flows[i].key == s.key {
+	if i := sh.last; i >= 0 && sh.flows[i].key.equal(&s.key) {
 		return i
 	}
 	for i := sh.buckets[sh.bucket(s.flowHash(seed))]; i >= 0; i = sh.flows[i].chain {
-		if sh.flows[i].key == s.key {
+		if sh.flows[i].key.equal(&s.key) {
 			sh.last = i
 			return i
 		}

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/netlro/netlro/internal/csum"
 )
 
 // action is what a candidate segment does to its flow's session.
@@ -106,7 +108,7 @@ func (e *Engine) merge(f *session, s *segment, r *packetRef) {
 		r.buf.TrimFront(int64(r.off + hdrLen))
 		f.pkt.Data().MergeBuffer(&r.buf)
 	}
-	f.sum = addPayloadSum(f.sum, s.sum, f.payload)
+	f.sum = csum.Concat(f.sum, s.sum, f.payload)
 	f.segs++
 	f.payload += s.payload
 	f.nextSeq += uint32(s.payload)

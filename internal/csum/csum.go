@@ -9,6 +9,12 @@
 // gVisor's checksum.Checksum, so the two are interchangeable.
 package csum
 
+import (
+	"math/bits"
+
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+)
+
 // Checksum returns the 16-bit ones'-complement sum of buf, added to initial,
 // exactly as gvisor.dev/gvisor/pkg/tcpip/checksum.Checksum(buf, initial) does
 // (big-endian 16-bit words, an odd last byte padded with zero, result not complemented).
@@ -17,4 +23,15 @@ package csum
 // result to be the checksum of the concatenated data.
 func Checksum(buf []byte, initial uint16) uint16 {
 	return sum(buf, initial)
+}
+
+// Concat returns the sum of a range whose first bytes sum to total and
+// whose next bytes, starting at byte offset at of the range, sum to sum.
+// Bytes at an odd offset sit in the other halves of the 16-bit words, so
+// their sum is byte-swapped first (RFC 1071 2(B)).
+func Concat(total, sum uint16, at int) uint16 {
+	if at&1 != 0 {
+		sum = bits.RotateLeft16(sum, 8)
+	}
+	return checksum.Combine(total, sum)
 }

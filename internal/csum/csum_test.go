@@ -209,3 +209,20 @@ func BenchmarkChecksum(b *testing.B) {
 		}
 	}
 }
+
+// TestConcat: the sums of the parts of a range, split anywhere, concatenate
+// to gVisor's sum of the whole.
+func TestConcat(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	for _, n := range []int{0, 1, 2, 3, 17, 1448, 3001} {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+		want := checksum.Checksum(b, 0)
+		for cut := 0; cut <= n; cut++ {
+			got := Concat(Checksum(b[:cut], 0), Checksum(b[cut:], 0), cut)
+			require.Equal(t, want, got, "%d bytes cut at %d", n, cut)
+		}
+	}
+}

@@ -225,7 +225,8 @@ func (n *Namespace) DialContext(ctx context.Context, network, addr string) (net.
 // OpenTAP opens the TAP device name in the calling thread's network
 // namespace, creating it if it does not exist (then it lasts as long as
 // the fd), with IFF_TAP|IFF_NO_PI, and with tso also IFF_VNET_HDR and the
-// device's checksum and TSO offloads on (see Config.TSO).
+// device's checksum and TSO offloads on (see Config.TSO); without, with
+// every offload off.
 func OpenTAP(name string, tso bool) (int, error) {
 	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
@@ -249,12 +250,16 @@ func OpenTAP(name string, tso bool) (int, error) {
 		unix.Close(fd)
 		return -1, fmt.Errorf("tapns: TUNSETIFF %s: %w", name, errno)
 	}
+	// Always set: a persistent device keeps the offloads of whoever had
+	// it before, and a reader without IFF_VNET_HDR must not get
+	// super-packets.
+	offloads := 0
 	if tso {
-		const offloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6
-		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloads); err != nil {
-			unix.Close(fd)
-			return -1, fmt.Errorf("tapns: TUNSETOFFLOAD %s: %w", name, err)
-		}
+		offloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6 | unix.TUN_F_TSO_ECN
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloads); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("tapns: TUNSETOFFLOAD %s: %w", name, err)
 	}
 	return fd, nil
 }
