@@ -68,11 +68,21 @@ func FuzzApplyVNetHdr(f *testing.F) {
 		require.LessOrEqual(t, field+2, cut)
 		require.True(t, bytes.Equal(frame[:field], head[:field]) && bytes.Equal(frame[field+2:cut], head[field+2:]),
 			"only the checksum field is written")
-		// The field held the pseudo-header sum: with it, the completed
-		// range sums to all ones, as a receiver's check does.
-		done := append(head, tail...)
-		partialSum := binary.BigEndian.Uint16(frame[field:])
-		require.Equal(t, uint16(0xffff), checksum.Combine(checksum.Checksum(done[start:], 0), partialSum))
-		require.NotZero(t, binary.BigEndian.Uint16(head[field:]), "0 is written as 0xffff")
+		// What skb_checksum_help writes: the complement of the sum from
+		// csum_start on, the field's pseudo-header sum included, 0 as
+		// 0xffff.
+		want := ^checksum.Checksum(frame[start:], 0)
+		if want == 0 {
+			want = 0xffff
+		}
+		require.Equal(t, want, binary.BigEndian.Uint16(head[field:]))
+		if (field-start)%2 == 0 {
+			// A field at an even offset, as TCP's and UDP's are: the
+			// completed range and the pseudo-header sum the field held
+			// add up to all ones, as a receiver's check does.
+			done := append(head, tail...)
+			partialSum := binary.BigEndian.Uint16(frame[field:])
+			require.Equal(t, uint16(0xffff), checksum.Combine(checksum.Checksum(done[start:], 0), partialSum))
+		}
 	})
 }
