@@ -7,6 +7,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -338,5 +339,22 @@ func TestCloseWhileQueuesAreMade(t *testing.T) {
 		}
 		require.Zero(t, e.Stats().Held(), "a queue made during Close holds a packet")
 		require.Len(t, rec.take(), 8)
+	}
+}
+
+// TestFlowKeyEqual: equal agrees with == on keys that differ in any one
+// byte, so a field added to flowKey and left out of equal fails here.
+func TestFlowKeyEqual(t *testing.T) {
+	var base flowKey
+	for i := range base.src {
+		base.src[i], base.dst[i] = byte(i), byte(100+i)
+	}
+	base.ports, base.proto, base.link = 0x03e807d0, 4, 0x0200_0000_0001
+	require.True(t, base.equal(&base))
+	size := int(unsafe.Sizeof(base))
+	for i := range size {
+		k := base
+		(*[unsafe.Sizeof(flowKey{})]byte)(unsafe.Pointer(&k))[i] ^= 0x10
+		assert.Equal(t, k == base, k.equal(&base), "byte %d of %d", i, size)
 	}
 }
