@@ -1,6 +1,7 @@
 package fdbased
 
 import (
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -151,9 +152,15 @@ func TestWriteAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector makes sync.Pool drop items, so allocation counts mean nothing")
 	}
+	for _, vnet := range []bool{false, true} {
+		t.Run(fmt.Sprintf("vnet=%t", vnet), func(t *testing.T) { testWriteAllocs(t, vnet) })
+	}
+}
+
+func testWriteAllocs(t *testing.T, vnet bool) {
 	const packets = 16
 	ours, peer := socketPair(t, unix.SOCK_SEQPACKET)
-	e := newTestEndpoint(t, &Options{FDs: []int{ours}, MTU: 1500, EthernetHeader: true, Address: ourMAC})
+	e := newTestEndpoint(t, &Options{FDs: []int{ours}, MTU: 1500, EthernetHeader: true, Address: ourMAC, VNetHdr: vnet})
 	var pkts []*stack.PacketBuffer
 	for i := range packets {
 		pkt, _ := outbound(e, 1000, 3, i)

@@ -45,13 +45,15 @@
 // (VIRTIO_NET_HDR_F_NEEDS_CSUM) is completed; a TCP super-packet (the
 // kernel's TSO, once TUNSETOFFLOAD turns it on for the device) is
 // delivered as one packet of up to 64 KiB, so the kernel's TCP costs one
-// read per 64 KiB instead of one per MTU.
+// read per 64 KiB instead of one per MTU. The other way, the endpoint
+// offers netstack host GSO (Endpoint.SupportedGSO): its TCP writes packets
+// of up to 64 KiB with a partial checksum, and the header asks the kernel
+// to segment them and complete the checksum.
 //
 // Known limits:
 //
-//   - No GSO on output, neither host (virtio-net header) nor gVisor's:
-//     netstack segments before it writes, and VNetHdr frames go out with a
-//     header that asks for no offload.
+//   - No GSO on output without VNetHdr, neither host nor gVisor's:
+//     netstack segments before it writes.
 //   - A frame larger than the link header plus the MTU is dropped, never
 //     truncated or passed half-read, unless VNetHdr marks it a TCP
 //     super-packet. A view is the link header plus MTU plus

@@ -71,18 +71,26 @@ type Options struct {
 	// VNetHdr says that every frame on the fds is preceded by a 10-byte
 	// struct virtio_net_hdr, in the host's byte order: a TAP or TUN device
 	// opened with IFF_VNET_HDR, or an AF_PACKET socket with
-	// PACKET_VNET_HDR. Frames are written with a header that asks for no
-	// offload. Read, a checksum flagged VIRTIO_NET_HDR_F_NEEDS_CSUM is
-	// completed, and a frame the kernel flags as a TCP super-packet (GSO
-	// TCPv4 or TCPv6) is delivered whole, past the MTU, up to a 64 KiB IP
-	// packet; other super-packets are dropped. With TSO turned on for a
-	// TAP device (ioctl TUNSETOFFLOAD, TUN_F_CSUM|TUN_F_TSO4|TUN_F_TSO6),
-	// the kernel's TCP then sends one read's worth of up to 64 KiB where it
-	// sent MTU-sized frames. A read the kernel fails with EINVAL for a
-	// packet it could not describe (a GSO type the device was not given)
-	// counts as DroppedVNetHdr. Each fd's reader keeps a spare view of
-	// 64 KiB per message of a batch for super-packets: 4 MiB of pooled
-	// chunks at the default BatchSize. Not with IOUring.
+	// PACKET_VNET_HDR.
+	//
+	// Read, a checksum flagged VIRTIO_NET_HDR_F_NEEDS_CSUM is completed, and
+	// a frame the kernel flags as a TCP super-packet (GSO TCPv4 or TCPv6)
+	// is delivered whole, past the MTU, up to a 64 KiB IP packet; other
+	// super-packets are dropped. With TSO turned on for a TAP device (ioctl
+	// TUNSETOFFLOAD, TUN_F_CSUM|TUN_F_TSO4|TUN_F_TSO6), the kernel's TCP
+	// then sends one read's worth of up to 64 KiB where it sent MTU-sized
+	// frames. A read the kernel fails with EINVAL for a packet it could not
+	// describe (a GSO type the device was not given) counts as
+	// DroppedVNetHdr. Each fd's reader keeps a spare view of 64 KiB per
+	// message of a batch for super-packets: 4 MiB of pooled chunks at the
+	// default BatchSize.
+	//
+	// Written, the endpoint offers netstack host GSO (SupportedGSO): its
+	// TCP hands over packets of up to 64 KiB with the checksum left
+	// partial, and the header asks the kernel to segment them and complete
+	// the checksum, so sending costs one write per 64 KiB too.
+	//
+	// Not with IOUring.
 	VNetHdr bool
 
 	// ClosedFunc, if not nil, is called when a dispatch loop ends on its
@@ -126,7 +134,10 @@ type Endpoint struct {
 	sys      endpointSys // the platform's part: fds, readers, write state
 }
 
-var _ stack.LinkEndpoint = (*Endpoint)(nil)
+var (
+	_ stack.LinkEndpoint = (*Endpoint)(nil)
+	_ stack.GSOEndpoint  = (*Endpoint)(nil)
+)
 
 // New returns an Endpoint over opts.FDs as a stack.LinkEndpoint. It makes
 // the fds non-blocking and checks that each is a datagram, seqpacket or raw
@@ -239,6 +250,27 @@ func (e *Endpoint) SetOnCloseAction(action func()) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.onClose = action
+}
+
+// GSOMaxSize implements stack.GSOEndpoint: with Options.VNetHdr, the
+// largest TCP packet netstack may hand over for the kernel to segment
+// (Linux's default gso_max_size); without, 0.
+func (e *Endpoint) GSOMaxSize() uint32 {
+	if e.vnet {
+		return gsoMaxSize
+	}
+	return 0
+}
+
+// SupportedGSO implements stack.GSOEndpoint: with Options.VNetHdr, host
+// GSO, so that netstack's TCP writes packets of up to GSOMaxSize bytes with
+// a partial checksum and the kernel segments and completes them; without,
+// none.
+func (e *Endpoint) SupportedGSO() stack.SupportedGSO {
+	if e.vnet {
+		return stack.HostGSOSupported
+	}
+	return stack.GSONotSupported
 }
 
 // Stats returns a snapshot of the endpoint's counters.

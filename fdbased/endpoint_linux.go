@@ -77,7 +77,7 @@ func newEndpoint(opts *Options) (*Endpoint, error) {
 		return nil, fmt.Errorf("fdbased: eventfd: %w", err)
 	}
 	e.sys.stopFD = stopFD
-	e.sys.tx.vnet = e.vnet
+	e.sys.tx.vnet, e.sys.tx.linkHdr = e.vnet, e.hdrSize
 	for i := range e.sys.links {
 		l := &e.sys.links[i]
 		l.r = newReader(e, l.fd, l.isSocket, stopFD, e.batchSize)

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/netlro/netlro/internal/csum"
 )
@@ -23,8 +24,45 @@ const (
 	vnetGSOECN        = 0x80 // VIRTIO_NET_HDR_GSO_ECN, a flag on the type
 )
 
-// vnetZero is the header of every frame written: no offload asked for.
+// vnetZero is a header that asks for no offload.
 var vnetZero [vnetHdrSize]byte
+
+// gsoMaxSize is the largest packet netstack may hand over for the kernel to
+// segment: Linux's default gso_max_size (GSO_LEGACY_MAX_SIZE).
+const gsoMaxSize = 1 << 16
+
+// putVNetHdr fills h, the virtio_net_hdr of the frame of pkt, a packet
+// with its link header (of linkHdr bytes) pushed: empty unless netstack
+// asked for host GSO. Then, as gVisor's fdbased writes it for runsc, the
+// checksum is partial (the pseudo-header sum) and the kernel completes it
+// from csum_start on, and a packet with more than one segment's payload is
+// a TCP super-packet for the kernel to cut into segments of MSS bytes.
+func putVNetHdr(h *[vnetHdrSize]byte, pkt *stack.PacketBuffer, linkHdr int) {
+	*h = vnetZero
+	gso := pkt.GSOOptions
+	if gso.Type == stack.GSONone {
+		return
+	}
+	ne := binary.NativeEndian
+	if gso.NeedsCsum {
+		h[0] = vnetFlagNeedsCsum
+		ne.PutUint16(h[6:], uint16(linkHdr)+gso.L3HdrLen)
+		ne.PutUint16(h[8:], gso.CsumOffset)
+	}
+	if pkt.Data().Size() <= int(gso.MSS) {
+		return
+	}
+	switch gso.Type {
+	case stack.GSOTCPv4:
+		h[1] = vnetGSOTCPv4
+	case stack.GSOTCPv6:
+		h[1] = vnetGSOTCPv6
+	default:
+		return // gVisor's own GSO segments before it writes
+	}
+	ne.PutUint16(h[2:], uint16(pkt.HeaderSize()))
+	ne.PutUint16(h[4:], gso.MSS)
+}
 
 // maxGSOFrame is the longest frame a TCP super-packet may be: the link
 // header, an IPv6 header and the largest payload its 16-bit length field

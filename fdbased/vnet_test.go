@@ -6,8 +6,10 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/netlro/netlro/internal/testpacket"
 )
@@ -85,4 +87,59 @@ func FuzzApplyVNetHdr(f *testing.F) {
 			require.Equal(t, uint16(0xffff), checksum.Combine(checksum.Checksum(done[start:], 0), partialSum))
 		}
 	})
+}
+
+// TestPutVNetHdr: the header written before each frame asks for what
+// netstack's packet needs: nothing, a checksum to complete, or a TCP
+// super-packet to segment.
+func TestPutVNetHdr(t *testing.T) {
+	const mss = 1000
+	csum4 := stack.GSO{Type: stack.GSOTCPv4, NeedsCsum: true, CsumOffset: 16, MSS: mss, L3HdrLen: header.IPv4MinimumSize}
+	csum6 := stack.GSO{Type: stack.GSOTCPv6, NeedsCsum: true, CsumOffset: 16, MSS: mss, L3HdrLen: header.IPv6MinimumSize}
+	for _, tc := range []struct {
+		name    string
+		v6      bool
+		payload int
+		gso     stack.GSO
+		linkHdr int
+		want    []byte
+	}{
+		{"no GSO", false, 5000, stack.GSO{}, 0, vnetZero[:]},
+		{"TCPv4 super-packet", false, 5000, csum4, 0, vnetHeaderFull(vnetFlagNeedsCsum, vnetGSOTCPv4, 40, mss, 20, 16)},
+		{"TCPv4 super-packet behind Ethernet", false, 5000, csum4, header.EthernetMinimumSize, vnetHeaderFull(vnetFlagNeedsCsum, vnetGSOTCPv4, 54, mss, 34, 16)},
+		{"TCPv6 super-packet", true, 3001, csum6, 0, vnetHeaderFull(vnetFlagNeedsCsum, vnetGSOTCPv6, 60, mss, 40, 16)},
+		{"one segment: checksum only", false, mss, csum4, 0, vnetHeader(vnetFlagNeedsCsum, vnetGSONone, 20, 16)},
+		{"super-packet, checksum complete", false, 5000, stack.GSO{Type: stack.GSOTCPv4, MSS: mss, L3HdrLen: 20}, 0, vnetHeaderFull(0, vnetGSOTCPv4, 40, mss, 0, 0)},
+		{"gVisor's own GSO", false, 5000, stack.GSO{Type: stack.GSOGvisor, MSS: mss}, 0, vnetZero[:]},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			full := testpacket.TCP{V6: tc.v6, Payload: testpacket.Payload(3, tc.payload)}.Bytes()
+			ipLen := header.IPv4MinimumSize
+			if tc.v6 {
+				ipLen = header.IPv6MinimumSize
+			}
+			hdrLen := ipLen + header.TCPMinimumSize
+			pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
+				ReserveHeaderBytes: tc.linkHdr + hdrLen,
+				Payload:            buffer.MakeWithData(full[hdrLen:]),
+			})
+			defer pkt.DecRef()
+			copy(pkt.TransportHeader().Push(header.TCPMinimumSize), full[ipLen:hdrLen])
+			copy(pkt.NetworkHeader().Push(ipLen), full[:ipLen])
+			pkt.LinkHeader().Push(tc.linkHdr)
+			pkt.GSOOptions = tc.gso
+			var h [vnetHdrSize]byte
+			h[3] = 0xff // every byte is written
+			putVNetHdr(&h, pkt, tc.linkHdr)
+			require.Equal(t, tc.want, h[:])
+		})
+	}
+}
+
+// vnetHeaderFull is vnetHeader with hdr_len and gso_size.
+func vnetHeaderFull(flags, gsoType uint8, hdrLen, gsoSize, csumStart, csumOffset uint16) []byte {
+	h := vnetHeader(flags, gsoType, csumStart, csumOffset)
+	binary.NativeEndian.PutUint16(h[2:], hdrLen)
+	binary.NativeEndian.PutUint16(h[4:], gsoSize)
+	return h
 }

@@ -19,7 +19,11 @@ type writer struct {
 	mu   sync.Mutex
 	msgs []rawfile.MMsgHdr // guarded by mu
 	iovs []unix.Iovec      // guarded by mu
-	vnet bool              // each frame starts with a virtio_net_hdr
+	// hdrs are the frames' virtio_net_hdrs when vnet is set, one per
+	// message, grown with msgs. Guarded by mu.
+	hdrs    [][vnetHdrSize]byte
+	vnet    bool // each frame starts with a virtio_net_hdr
+	linkHdr int  // link header length, where csum_start counts from
 }
 
 // WritePackets implements stack.LinkWriter.WritePackets. Packets go to
@@ -90,11 +94,12 @@ func (w *writer) fillMsgs(ps []*stack.PacketBuffer) {
 	if len(w.msgs) < len(ps) {
 		w.msgs = make([]rawfile.MMsgHdr, len(ps))
 	}
+	w.growHdrs(len(ps))
 	// First the iovecs, which may grow w.iovs; then the pointers to them.
 	w.iovs = w.iovs[:0]
 	for k, pkt := range ps {
 		start := len(w.iovs)
-		w.iovs = w.appendFrame(w.iovs, pkt)
+		w.iovs = w.appendFrame(w.iovs, pkt, k)
 		w.msgs[k] = rawfile.MMsgHdr{}
 		w.msgs[k].Msg.SetIovlen(len(w.iovs) - start)
 	}
@@ -110,8 +115,9 @@ func (w *writer) fillMsgs(ps []*stack.PacketBuffer) {
 //
 // Precondition: w.mu is held.
 func (w *writer) writeEach(fd int, ps []*stack.PacketBuffer) (int, tcpip.Error) {
+	w.growHdrs(1)
 	for k, pkt := range ps {
-		w.iovs = w.appendFrame(w.iovs[:0], pkt)
+		w.iovs = w.appendFrame(w.iovs[:0], pkt, 0)
 		for {
 			_, _, errno := unix.RawSyscall(unix.SYS_WRITEV, uintptr(fd),
 				uintptr(unsafe.Pointer(&w.iovs[0])), uintptr(len(w.iovs)))
@@ -127,13 +133,25 @@ func (w *writer) writeEach(fd int, ps []*stack.PacketBuffer) (int, tcpip.Error) 
 	return len(ps), nil
 }
 
-// appendFrame appends iovecs for the frame of pkt to iovs: with vnet, a
-// virtio_net_hdr that asks for no offload, then the packet.
-func (w *writer) appendFrame(iovs []unix.Iovec, pkt *stack.PacketBuffer) []unix.Iovec {
+// growHdrs makes room for the virtio_net_hdrs of n frames, when frames
+// have them. Iovecs point into hdrs: call it before building them.
+//
+// Precondition: w.mu is held.
+func (w *writer) growHdrs(n int) {
+	if w.vnet && len(w.hdrs) < n {
+		w.hdrs = make([][vnetHdrSize]byte, n)
+	}
+}
+
+// appendFrame appends iovecs for the frame of pkt to iovs: with vnet, its
+// virtio_net_hdr, kept in hdrs[k], then the packet.
+func (w *writer) appendFrame(iovs []unix.Iovec, pkt *stack.PacketBuffer, k int) []unix.Iovec {
 	if !w.vnet {
 		return appendPacket(iovs, pkt, rawfile.MaxIovs)
 	}
-	iovs = append(iovs, unix.Iovec{Base: &vnetZero[0]})
+	h := &w.hdrs[k]
+	putVNetHdr(h, pkt, w.linkHdr)
+	iovs = append(iovs, unix.Iovec{Base: &h[0]})
 	iovs[len(iovs)-1].SetLen(vnetHdrSize)
 	return appendPacket(iovs, pkt, rawfile.MaxIovs-1)
 }
