@@ -264,15 +264,21 @@ func htons(v uint16) uint16 {
 	return v<<8 | v>>8
 }
 
+// streamSize is how many bytes a kernel stream test sends: less under the
+// race detector, which slows netstack down.
+func streamSize() int {
+	if raceEnabled {
+		return 4 << 20
+	}
+	return 32 << 20
+}
+
 // TestKernelStream has the Linux kernel send a TCP stream to a netstack
 // behind this endpoint, over a TAP device or an AF_PACKET socket, inside a
 // network namespace the test creates, and checks that every byte arrives.
 func TestKernelStream(t *testing.T) {
 	requireNetAdmin(t)
-	size := 32 << 20
-	if raceEnabled {
-		size = 4 << 20
-	}
+	size := streamSize()
 	for _, kl := range kernelLinks {
 		for _, withLRO := range []bool{true, false} {
 			name := kl.name + "/bare"
@@ -352,21 +358,16 @@ func newKernelStack(t *testing.T, kl kernelLink, withLRO bool) kernelStack {
 	return kernelStack{nsFD: nsFD, ep: ep, lep: lep, s: s}
 }
 
-func testKernelStream(t *testing.T, kl kernelLink, withLRO bool, size int) {
-	ks := newKernelStack(t, kl, withLRO)
-	nsFD, ep, lep, s := ks.nsFD, ks.ep, ks.lep, ks.s
+// received is what receiveStream read.
+type received struct {
+	n   int64
+	sum [sha256.Size]byte
+	err error
+}
 
-	const port = 5201
-	ln, err := gonet.ListenTCP(s, tcpip.FullAddress{NIC: 1, Addr: stackAddr, Port: port}, ipv4.ProtocolNumber)
-	require.NoError(t, err)
-	defer ln.Close()
-
-	deadline := time.Now().Add(transferLimit)
-	type received struct {
-		n   int64
-		sum [sha256.Size]byte
-		err error
-	}
+// receiveStream accepts one connection on ln and reads it to its end,
+// hashing what it reads, until deadline. The result comes on the channel.
+func receiveStream(ln net.Listener, deadline time.Time) <-chan received {
 	got := make(chan received, 1)
 	go func() {
 		var r received
@@ -382,6 +383,20 @@ func testKernelStream(t *testing.T, kl kernelLink, withLRO bool, size int) {
 		r.n, r.err = io.Copy(h, c)
 		copy(r.sum[:], h.Sum(nil))
 	}()
+	return got
+}
+
+func testKernelStream(t *testing.T, kl kernelLink, withLRO bool, size int) {
+	ks := newKernelStack(t, kl, withLRO)
+	nsFD, ep, lep, s := ks.nsFD, ks.ep, ks.lep, ks.s
+
+	const port = 5201
+	ln, err := gonet.ListenTCP(s, tcpip.FullAddress{NIC: 1, Addr: stackAddr, Port: port}, ipv4.ProtocolNumber)
+	require.NoError(t, err)
+	defer ln.Close()
+
+	deadline := time.Now().Add(transferLimit)
+	got := receiveStream(ln, deadline)
 
 	payload := testpacket.Payload(5, size)
 	want := sha256.Sum256(payload)
@@ -453,10 +468,7 @@ func requireURing(t *testing.T) {
 // than segments sent.
 func TestKernelStreamOut(t *testing.T) {
 	requireNetAdmin(t)
-	size := 32 << 20
-	if raceEnabled {
-		size = 4 << 20
-	}
+	size := streamSize()
 	for _, kl := range kernelLinks {
 		if kl.isSocket || kl.iouring {
 			continue // the same writes as "tap" and "tun"
@@ -471,26 +483,7 @@ func TestKernelStreamOut(t *testing.T) {
 			defer ln.Close()
 
 			deadline := time.Now().Add(transferLimit)
-			type received struct {
-				n   int64
-				sum [sha256.Size]byte
-				err error
-			}
-			got := make(chan received, 1)
-			go func() {
-				var r received
-				defer func() { got <- r }()
-				c, err := ln.Accept()
-				if err != nil {
-					r.err = err
-					return
-				}
-				defer c.Close()
-				c.SetDeadline(deadline)
-				h := sha256.New()
-				r.n, r.err = io.Copy(h, c)
-				copy(r.sum[:], h.Sum(nil))
-			}()
+			got := receiveStream(ln, deadline)
 
 			ctx, cancel := context.WithDeadline(t.Context(), deadline)
 			defer cancel()
