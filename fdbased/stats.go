@@ -34,7 +34,9 @@ type Stats struct {
 	DroppedDetached uint64
 	// DroppedVNetHdr counts frames whose virtio_net_hdr (Options.VNetHdr)
 	// cannot be applied: too short, a checksum field outside the headers,
-	// or a super-packet type other than TCP.
+	// or a super-packet type other than TCP; and packets the kernel
+	// dropped itself, failing the read with EINVAL, because it could not
+	// describe them in one.
 	DroppedVNetHdr uint64
 
 	// GSOFrames counts delivered frames that the kernel marked as TCP
