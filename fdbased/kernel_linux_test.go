@@ -27,6 +27,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
+	"github.com/netlro/netlro/internal/tapns"
 	"github.com/netlro/netlro/internal/testpacket"
 	"github.com/netlro/netlro/lro"
 	"github.com/netlro/netlro/lroendpoint"
@@ -157,10 +158,9 @@ func openTUNTAP(name string, mode uint16) (int, error) {
 		return -1, fmt.Errorf("TUNSETIFF %s: %w", name, err)
 	}
 	if mode&unix.IFF_VNET_HDR != 0 {
-		const offloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6 | unix.TUN_F_TSO_ECN
-		if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloads); err != nil {
+		if err := tapns.SetTSO(fd, true); err != nil {
 			unix.Close(fd)
-			return -1, fmt.Errorf("TUNSETOFFLOAD %s: %w", name, err)
+			return -1, fmt.Errorf("%s: %w", name, err)
 		}
 	}
 	return fd, nil

@@ -253,15 +253,26 @@ func OpenTAP(name string, tso bool) (int, error) {
 	// Always set: a persistent device keeps the offloads of whoever had
 	// it before, and a reader without IFF_VNET_HDR must not get
 	// super-packets.
+	if err := SetTSO(fd, tso); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("tapns: %s: %w", name, err)
+	}
+	return fd, nil
+}
+
+// SetTSO turns the checksum and TSO offloads of the TAP or TUN device fd
+// on (TUN_F_CSUM|TUN_F_TSO4|TUN_F_TSO6|TUN_F_TSO_ECN), so that the
+// kernel's TCP sends super-packets of up to 64 KiB through it, or every
+// offload off. Only a device opened with IFF_VNET_HDR may have them on.
+func SetTSO(fd int, on bool) error {
 	offloads := 0
-	if tso {
+	if on {
 		offloads = unix.TUN_F_CSUM | unix.TUN_F_TSO4 | unix.TUN_F_TSO6 | unix.TUN_F_TSO_ECN
 	}
 	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, offloads); err != nil {
-		unix.Close(fd)
-		return -1, fmt.Errorf("tapns: TUNSETOFFLOAD %s: %w", name, err)
+		return fmt.Errorf("TUNSETOFFLOAD: %w", err)
 	}
-	return fd, nil
+	return nil
 }
 
 // removeStale deletes namespaces an earlier run left behind when it was
