@@ -32,11 +32,10 @@ type reader struct {
 	// refill.
 	size int
 	// views holds one view per frame of a batch; nil where the frame's
-	// view was handed off. msgs[k] points at its per iovecs,
-	// iovs[k*per:].
+	// view was handed off. msgs[k] points at its iovecs,
+	// iovs[k*r.iovsPerMsg():].
 	views []*buffer.View
 	iovs  []unix.Iovec
-	per   int // iovecs per message: 1, or 3 with vnet
 	// vnet (Options.VNetHdr): each message reads a virtio_net_hdr into
 	// hdrs[k], then the frame into views[k] and, past its end (a TCP
 	// super-packet), into spares[k], of spareSize bytes (about 64 KiB: a
@@ -61,17 +60,11 @@ type reader struct {
 
 // newReader returns a reader of fd with room for batch frames per batch.
 func newReader(e *Endpoint, fd int, isSocket bool, stopFD int, batch int) *reader {
-	per := 1
-	if e.vnet {
-		per = 3
-	}
 	r := &reader{
 		e:        e,
 		fd:       fd,
 		isSocket: isSocket,
 		views:    make([]*buffer.View, batch),
-		iovs:     make([]unix.Iovec, batch*per),
-		per:      per,
 		vnet:     e.vnet,
 		msgs:     make([]rawfile.MMsgHdr, batch),
 		pfds: [2]unix.PollFd{
@@ -80,6 +73,8 @@ func newReader(e *Endpoint, fd int, isSocket bool, stopFD int, batch int) *reade
 		},
 		hup: [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}},
 	}
+	per := r.iovsPerMsg()
+	r.iovs = make([]unix.Iovec, batch*per)
 	for k := range r.msgs {
 		r.msgs[k].Msg.Iov = &r.iovs[k*per]
 		r.msgs[k].Msg.SetIovlen(per)
@@ -198,6 +193,15 @@ func (r *reader) readReady() (int, unix.Errno) {
 	return len(r.views), 0
 }
 
+// iovsPerMsg is the number of iovecs each message reads into: the view,
+// or with vnet the header, the view and the spare.
+func (r *reader) iovsPerMsg() int {
+	if r.vnet {
+		return 3
+	}
+	return 1
+}
+
 // vnetDropped reports whether errno, from a read, says that the kernel
 // dropped a packet it could not describe in a virtio_net_hdr (a GSO type
 // the device was not given, in tun_put_user or packet_rcv_vnet), and then
@@ -216,12 +220,12 @@ func (r *reader) readOne(k int) (int, unix.Errno) {
 	for {
 		var n uintptr
 		var errno unix.Errno
-		if r.per == 1 {
+		if per := r.iovsPerMsg(); per == 1 {
 			n, _, errno = unix.RawSyscall(unix.SYS_READ, uintptr(r.fd),
 				uintptr(unsafe.Pointer(r.iovs[k].Base)), uintptr(r.iovs[k].Len))
 		} else {
 			n, _, errno = unix.RawSyscall(unix.SYS_READV, uintptr(r.fd),
-				uintptr(unsafe.Pointer(&r.iovs[k*r.per])), uintptr(r.per))
+				uintptr(unsafe.Pointer(&r.iovs[k*per])), uintptr(per))
 		}
 		if errno != unix.EINTR {
 			return int(n), errno
@@ -315,22 +319,24 @@ func (r *reader) refill() {
 		// so that a frame that fills the view and spills is known as one.
 		r.spareSize = max(1, maxGSOFrame(r.e.hdrSize)+1-size)
 	}
-	at := 0 // views[k]'s iovec in message k; a spare's follows it
+	// views[k]'s iovec in message k: after the header's with vnet, and a
+	// spare's follows it.
+	per, at := r.iovsPerMsg(), 0
 	if r.vnet {
-		at = 1 // after the header's
+		at = 1
 	}
 	for k, v := range r.views {
 		if v == nil {
 			v = buffer.NewViewSize(r.size)
 			r.views[k] = v
-			r.iovs[k*r.per+at].Base = &v.AsSlice()[0]
-			r.iovs[k*r.per+at].SetLen(r.size)
+			r.iovs[k*per+at].Base = &v.AsSlice()[0]
+			r.iovs[k*per+at].SetLen(r.size)
 		}
 		if r.vnet && r.spares[k] == nil {
 			sp := buffer.NewViewSize(r.spareSize)
 			r.spares[k] = sp
-			r.iovs[k*r.per+at+1].Base = &sp.AsSlice()[0]
-			r.iovs[k*r.per+at+1].SetLen(r.spareSize)
+			r.iovs[k*per+at+1].Base = &sp.AsSlice()[0]
+			r.iovs[k*per+at+1].SetLen(r.spareSize)
 		}
 	}
 }
