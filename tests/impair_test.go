@@ -75,6 +75,7 @@ func runTransfer(t *testing.T, cfg iperf.Config) iperf.Result {
 	}
 	assert.Equal(t, cfg.Send.Bytes, res.Bytes, "bytes received")
 	assert.True(t, res.Verified, "a stream arrived different from what was sent")
+	assert.Zero(t, res.Sent.CPUSeconds, "one process runs both stacks: no sender CPU of its own")
 	return res
 }
 

@@ -66,6 +66,7 @@ func TestEveryRowJSON(t *testing.T) {
 		assert.Equal(t, int64(2<<20), r.Bytes, "%s bytes", r.Mode)
 		assert.True(t, r.Verified, "%s SHA-256", r.Mode)
 		assert.Positive(t, r.PacketsIn, "%s packets", r.Mode)
+		assert.Positive(t, r.Sent.CPUSeconds, "%s: the sender process reports its CPU time", r.Mode)
 		if _, ok := r.Mode.LROConfig(); ok {
 			require.NotNil(t, r.LRO, "%s engine stats", r.Mode)
 			assert.Positive(t, r.LRO.MergedPackets, "%s merged packets", r.Mode)
@@ -79,6 +80,7 @@ func TestTable(t *testing.T) {
 	code, out, errOut := runArgs(t, "-bytes", "1M", "-mode", "netlro", "-ipv6", "-streams", "2")
 	require.Equal(t, 0, code, "stderr: %s", errOut)
 	assert.Contains(t, out, "IPv6, MTU 1500, 2 stream(s)")
+	assert.Contains(t, out, "sender s/GB")
 	var row string
 	for line := range strings.Lines(out) {
 		if strings.HasPrefix(strings.TrimSpace(line), "netlro ") {

@@ -41,7 +41,7 @@ func (t *table) header(desc string) {
 	fmt.Fprintf(t.w, "netstack-server: %s\n", desc)
 	fmt.Fprintf(t.w, "%s/%s, %d CPUs, %s\n\n", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), time.Now().UTC().Format("2006-01-02"))
 	t.tw = tabwriter.NewWriter(t.w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(t.tw, "mode\t  transfer\t  seconds\t  bitrate\t  CPU s/GB\t  packets/GB\t  seg/pkt\t  SHA-256\t")
+	fmt.Fprintln(t.tw, "mode\t  transfer\t  seconds\t  bitrate\t  CPU s/GB\t  sender s/GB\t  packets/GB\t  seg/pkt\t  SHA-256\t")
 }
 
 // progress returns the progress callback of one row: a line rewritten in
@@ -77,8 +77,12 @@ func (t *table) row(r iperf.Result) {
 	if !r.Verified {
 		sha = "NO"
 	}
-	fmt.Fprintf(t.tw, "%s\t  %s\t  %.2f\t  %s\t  %.2f\t  %s\t  %s\t  %s\t\n",
-		r.Mode, humanBytes(r.Bytes), r.Seconds, bitrate(r.Gbps()), r.CPUPerGB(), humanCount(r.PacketsPerGB()), segs, sha)
+	sender := "-"
+	if r.Sent.CPUSeconds > 0 {
+		sender = fmt.Sprintf("%.2f", r.SenderCPUPerGB())
+	}
+	fmt.Fprintf(t.tw, "%s\t  %s\t  %.2f\t  %s\t  %.2f\t  %s\t  %s\t  %s\t  %s\t\n",
+		r.Mode, humanBytes(r.Bytes), r.Seconds, bitrate(r.Gbps()), r.CPUPerGB(), sender, humanCount(r.PacketsPerGB()), segs, sha)
 	if t.terminal {
 		t.tw.Flush()
 	}
@@ -95,8 +99,9 @@ func (t *table) finish(results []iperf.Result) error {
 		}{t.desc, results})
 	}
 	t.tw.Flush()
-	fmt.Fprintln(t.w, "\nCPU s/GB: receiving process CPU time (user+system) per 10^9 bytes; packets/GB: IP packets into")
-	fmt.Fprintln(t.w, "the receiver's netstack per 10^9 bytes; seg/pkt: segments per packet netlro delivered.")
+	fmt.Fprintln(t.w, "\nCPU s/GB: receiving process CPU time (user+system) per 10^9 bytes; sender s/GB: the same for")
+	fmt.Fprintln(t.w, "the sending process; packets/GB: IP packets into the receiver's netstack per 10^9 bytes;")
+	fmt.Fprintln(t.w, "seg/pkt: segments per packet netlro delivered.")
 	for _, r := range results {
 		if r.LRO != nil {
 			fmt.Fprintf(t.w, "\n%s engine: %s\n", r.Mode, indent(r.LRO.String()))

@@ -46,6 +46,7 @@ func TestTapTable(t *testing.T) {
 		assert.Contains(t, rep.Description, "Linux kernel's TCP ("+wantCC+")")
 		assert.True(t, rep.Results[0].Verified)
 		assert.Equal(t, int64(4<<20), rep.Results[0].Bytes)
+		assert.Positive(t, rep.Results[0].Sent.CPUSeconds, "the kernel sender's process reports its CPU time")
 		require.NotNil(t, rep.Results[0].FD)
 		if row.tso {
 			assert.Positive(t, rep.Results[0].FD.GSOFrames, "the kernel sent TCP super-packets")

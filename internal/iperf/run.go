@@ -111,6 +111,18 @@ func (r Result) CPUPerGB() float64 {
 	return r.CPUSeconds / (float64(r.Bytes) / 1e9)
 }
 
+// SenderCPUPerGB returns the sending process's CPU seconds per GB
+// received, or 0 when the sender did not run in a process of its own.
+// Where sender and receiver share the machine's cores, the two figures
+// together bound the bitrate: with n cores, at most n*8/(sender+receiver)
+// Gbit/s.
+func (r Result) SenderCPUPerGB() float64 {
+	if r.Bytes == 0 {
+		return 0
+	}
+	return r.Sent.CPUSeconds / (float64(r.Bytes) / 1e9)
+}
+
 // PacketsPerGB returns packets into netstack per GB received.
 func (r Result) PacketsPerGB() float64 {
 	if r.Bytes == 0 {
@@ -214,7 +226,9 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	defer unix.Close(fds[0])
 	defer unix.Close(fds[1])
 	return RunReceiver(ctx, cfg, LinkOptions{FD: fds[1]}, func(ctx context.Context) (SendResult, error) {
-		return SendOverFD(ctx, cfg, fds[0])
+		res, err := SendOverFD(ctx, cfg, fds[0])
+		res.CPUSeconds = 0 // both stacks', not the sender's
+		return res, err
 	})
 }
 

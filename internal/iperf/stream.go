@@ -102,9 +102,8 @@ func streamSHA256(seed uint64, i int, n int64) string {
 
 // sendStream writes stream i of seed to c until limit bytes are written
 // (limit > 0) or until is reached, then closes c's write side and waits for
-// the peer to close, so that every byte was received when it returns. It
-// hashes what it sent only then, from the stream's seed, so that hashing
-// does not compete with the transfer for CPU.
+// the peer to close, so that every byte was received when it returns.
+// The result's SHA-256 is left to Send.
 func sendStream(ctx context.Context, c net.Conn, seed uint64, i int, limit int64, until time.Time, sent *atomic.Int64) (StreamResult, error) {
 	src := newSource(seed, i)
 	buf := make([]byte, chunkSize)
@@ -144,7 +143,7 @@ func sendStream(ctx context.Context, c net.Conn, seed uint64, i int, limit int64
 	if _, err := c.Read(one[:]); err != nil && !errors.Is(err, io.EOF) {
 		return StreamResult{}, fmt.Errorf("iperf: stream %d: wait for receiver close: %w", i, err)
 	}
-	return StreamResult{Bytes: n, SHA256: streamSHA256(seed, i, n)}, nil
+	return StreamResult{Bytes: n}, nil
 }
 
 // receiveStream reads c to the end, then closes it.
@@ -188,6 +187,12 @@ type SendResult struct {
 	Streams []StreamResult `json:"streams"`
 	// Pump is what the impairing pump did, when there was one.
 	Pump *PumpStats `json:"pump,omitempty"`
+	// CPUSeconds is the user plus system CPU time of the sending process
+	// from the first byte written to the last stream's close, hashing
+	// excluded. It is the sender's own only where the sender has a
+	// process to itself, as netstack-server's child has; Run, which
+	// shares one, leaves it 0.
+	CPUSeconds float64 `json:"cpu_seconds,omitempty"`
 }
 
 // Bytes returns the total over all streams.
@@ -233,6 +238,7 @@ func Send(ctx context.Context, dial Dialer, opts SendOptions, sent *atomic.Int64
 	defer stop()
 
 	until := time.Now().Add(opts.Duration)
+	cpu := cpuTime()
 	res := SendResult{Streams: make([]StreamResult, opts.Streams)}
 	errs := make([]error, opts.Streams)
 	var wg sync.WaitGroup
@@ -253,8 +259,14 @@ func Send(ctx context.Context, dial Dialer, opts SendOptions, sent *atomic.Int64
 		})
 	}
 	wg.Wait()
+	res.CPUSeconds = (cpuTime() - cpu).Seconds()
 	if err := errors.Join(errs...); err != nil {
 		return SendResult{}, err
+	}
+	// Hashed now, the streams regenerated from the seed, so that hashing
+	// takes no CPU from the transfer.
+	for i := range res.Streams {
+		res.Streams[i].SHA256 = streamSHA256(opts.Seed, i, res.Streams[i].Bytes)
 	}
 	return res, nil
 }
