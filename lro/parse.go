@@ -17,18 +17,29 @@ type packetRef struct {
 	// would share pkt's escape and move every frame's Buffer to the heap.
 	buf buffer.Buffer
 	off int // offset of the network header in buf
+	// head is the first view's bytes from the network header on, found by
+	// the first pullUp: parsing pulls up three or more times per packet,
+	// and finding the view each time cost about 60 instructions a packet
+	// (callgrind), 3 % of the engine's.
+	head []byte
 }
 
 // pullUp returns the first n bytes from the network header on, contiguous,
 // for reading. A link endpoint reads a frame into one view, so the bytes
 // are nearly always there already; otherwise the views are pulled up.
 func (r *packetRef) pullUp(n int) ([]byte, bool) {
-	l, off := r.views()
-	if v := l.Front(); v != nil {
-		if b := v.AsSlice(); n >= 0 && off+n <= len(b) {
-			return b[off : off+n], true
+	if r.head == nil {
+		l, off := r.views()
+		if v := l.Front(); v != nil && off < v.Size() {
+			r.head = v.AsSlice()[off:]
 		}
 	}
+	if n >= 0 && n <= len(r.head) {
+		return r.head[:n], true
+	}
+	// Pulling up joins views into a new one and releases the old ones:
+	// head must be found again.
+	r.head = nil
 	return pullUpWritable(r.pkt, &r.buf, r.off, n)
 }
 
@@ -66,17 +77,22 @@ func (r *packetRef) views() (buffer.ViewList, int) {
 // linkID returns the link identity of the packet: the Ethernet source
 // address and, for an 802.1Q header, the VLAN ID. inet_lro keyed flows by
 // addresses and ports only, so two VLANs carrying the same 4-tuple merged.
+//
+// It copies the bytes it needs rather than pulling the link header up:
+// pulling up may join views, or copy a shared chunk, and release the view
+// the parsed headers point into.
 func (r *packetRef) linkID() uint64 {
-	var lh []byte
+	var l buffer.ViewList
+	var off, n int
 	if r.pkt != nil {
-		lh = r.pkt.LinkHeader().Slice()
-	} else if r.off >= header.EthernetMinimumSize {
-		v, ok := r.buf.PullUp(0, r.off)
-		if !ok {
-			return 0
-		}
-		lh = v.AsSlice()
+		// Inbound, all a packet has consumed is its link header.
+		l, off = r.pkt.AsViewList()
+		n = r.pkt.HeaderSize()
+	} else {
+		l, n = r.buf.AsViewList(), r.off
 	}
+	var raw [header.EthernetMinimumSize + 4]byte
+	lh := raw[:copyViews(&l, off, raw[:min(n, len(raw))])]
 	if len(lh) < header.EthernetMinimumSize {
 		return 0
 	}
@@ -89,6 +105,22 @@ func (r *packetRef) linkID() uint64 {
 		id |= uint64(binary.BigEndian.Uint16(lh[14:])&0xfff) << 48
 	}
 	return id
+}
+
+// copyViews copies into dst the bytes of l from off on, as many as fit,
+// and returns how many it copied.
+func copyViews(l *buffer.ViewList, off int, dst []byte) int {
+	n := 0
+	for v := l.Front(); v != nil && n < len(dst); v = v.Next() {
+		b := v.AsSlice()
+		if off >= len(b) {
+			off -= len(b)
+			continue
+		}
+		n += copy(dst[n:], b[off:])
+		off = 0
+	}
+	return n
 }
 
 // verdict is what parsing a packet decided, before its flow is looked up.

@@ -153,6 +153,61 @@ func TestLinkIdentity(t *testing.T) {
 	}
 }
 
+// TestParseLeavesViews: parsing reads a frame where its views are, even
+// when its link header is split between views or its chunk is shared with
+// another packet. Pulling the link header up would join the views, or copy
+// the chunk, and release what the parsed headers point into.
+func TestParseLeavesViews(t *testing.T) {
+	seg := stream(testpacket.TCP{}, []int{100}, 1, nil)[0]
+	plain := append(make([]byte, header.EthernetMinimumSize), seg...)
+	plain[11], plain[12], plain[13] = 7, 0x08, 0x00
+	tagged := append(append(bytes.Clone(plain[:12]), 0x81, 0x00, 0x00, 0x2a, 0x08, 0x00), seg...)
+	releaseBuf := func(r *packetRef) { r.buf.Release() }
+	split := func(frame []byte, at int) buffer.Buffer {
+		b := buffer.MakeWithData(frame[:at])
+		rest := buffer.MakeWithData(frame[at:])
+		b.Merge(&rest)
+		return b
+	}
+	for _, tc := range []struct {
+		name   string
+		ref    func() (packetRef, func(*packetRef)) // the ref, and how to release it
+		wantID uint64
+	}{
+		{"link header split", func() (packetRef, func(*packetRef)) {
+			return packetRef{buf: split(plain, 5), off: header.EthernetMinimumSize}, releaseBuf
+		}, 7},
+		{"VLAN tag split", func() (packetRef, func(*packetRef)) {
+			return packetRef{buf: split(tagged, 15), off: len(tagged) - len(seg)}, releaseBuf
+		}, 42<<48 | 7},
+		{"shared chunk", func() (packetRef, func(*packetRef)) {
+			orig := testpacket.NewPacket(plain)
+			orig.LinkHeader().Consume(header.EthernetMinimumSize)
+			return packetRef{pkt: orig.Clone()}, func(r *packetRef) { r.pkt.DecRef(); orig.DecRef() }
+		}, 7},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r, release := tc.ref()
+			defer release(&r)
+			// Where each view's bytes start: addresses, compared as
+			// numbers (assert.Equal would compare what pointers point to).
+			starts := func() []uintptr {
+				var out []uintptr
+				l, _ := r.views()
+				for v := l.Front(); v != nil; v = v.Next() {
+					out = append(out, uintptr(unsafe.Pointer(unsafe.SliceData(v.AsSlice()))))
+				}
+				return out
+			}
+			before := starts()
+			var s segment
+			require.Equal(t, verdictCandidate, parseSegment(&r, header.IPv4ProtocolNumber, &s))
+			assert.Equal(t, tc.wantID, s.key.link)
+			assert.Equal(t, before, starts(), "the frame's views moved")
+		})
+	}
+}
+
 func TestFlushTimer(t *testing.T) {
 	clock := faketime.NewManualClock()
 	rec := &recorder{}
