@@ -381,10 +381,24 @@ func (e *Engine) flushAndPass(sh *shard, proto tcpip.NetworkProtocolNumber, r *p
 // mergeOrHold runs a candidate segment against its flow's session: merge,
 // or flush and hold, or flush and pass.
 func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment) {
-	var out [3]pending // at most: an ended session, the one s filled, or s itself
-	n, held := 0, false
 	sh.mu.Lock()
 	i := sh.lookup(s, e.seed)
+	var a action
+	if i >= 0 {
+		f := &sh.flows[i].session
+		if a = e.classify(f, s); a == actionMerge {
+			e.merge(f, s, r)
+			sh.merged++
+			if !e.done(f, s) {
+				// Most segments end here, with nothing to deliver:
+				// out below is not even zeroed for them.
+				e.release(sh, nil)
+				return
+			}
+		}
+	}
+	var out [3]pending // at most: an ended session, the one s filled, or s itself
+	n, held := 0, false
 	if i < 0 {
 		if sh.full() {
 			out[n] = sessionItem(sh.remove(sh.oldest), cFlushEvict)
@@ -395,10 +409,8 @@ func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pa
 		held = true
 	} else {
 		f := &sh.flows[i].session
-		switch a := e.classify(f, s); a {
-		case actionMerge:
-			e.merge(f, s, r)
-			sh.merged++
+		switch a {
+		case actionMerge: // and the packet is done: see below
 		case actionPass:
 			out[n] = sessionItem(sh.remove(i), cFlushOrder)
 			out[n+1] = passItem(proto, r, cPassOutOfOrder)
