@@ -92,7 +92,7 @@ func (r *packetRef) linkID() uint64 {
 		l, n = r.buf.AsViewList(), r.off
 	}
 	var raw [header.EthernetMinimumSize + 4]byte
-	lh := raw[:copyViews(&l, off, raw[:min(n, len(raw))])]
+	lh := raw[:copyViews(l, off, raw[:min(n, len(raw))])]
 	if len(lh) < header.EthernetMinimumSize {
 		return 0
 	}
@@ -108,8 +108,8 @@ func (r *packetRef) linkID() uint64 {
 }
 
 // copyViews copies into dst the bytes of l from off on, as many as fit,
-// and returns how many it copied.
-func copyViews(l *buffer.ViewList, off int, dst []byte) int {
+// and returns how many it copied. It walks the views as sumViews does.
+func copyViews(l buffer.ViewList, off int, dst []byte) int {
 	n := 0
 	for v := l.Front(); v != nil && n < len(dst); v = v.Next() {
 		b := v.AsSlice()
