@@ -143,3 +143,30 @@ func (c *counters) addTo(s *Stats) {
 		*f += c.v[i].Load()
 	}
 }
+
+// Stats returns a snapshot of the engine's counters.
+func (e *Engine) Stats() Stats {
+	s := e.stats()
+	for _, q := range e.subqueues() {
+		s.add(q.stats())
+	}
+	return s
+}
+
+// stats returns the counters of e's own table.
+func (e *Engine) stats() Stats {
+	var s Stats
+	held := 0
+	for i := range e.shards {
+		sh := &e.shards[i]
+		sh.mu.Lock()
+		held += sh.n + sh.q.onTheirWay()
+		s.SegmentsMerged += sh.merged
+		sh.mu.Unlock()
+		sh.stats.addTo(&s)
+	}
+	// Every packet in is out, merged, dropped, or still with the engine;
+	// counting it as it comes would cost an atomic add per packet.
+	s.PacketsIn = s.PacketsOut + s.SegmentsMerged + s.Dropped() + uint64(held)
+	return s
+}

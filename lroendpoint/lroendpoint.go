@@ -3,7 +3,7 @@
 package lroendpoint
 
 import (
-	"sync/atomic"
+	"sync"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -15,19 +15,36 @@ import (
 // Endpoint is a stack.LinkEndpoint that puts an lro.Engine between a lower
 // endpoint and the NIC. It forwards everything it does not change, in the
 // spirit of gVisor's link/nested: it adds CapabilityRXChecksumOffload in
-// the ClaimChecksumOffload mode, and Attach(nil) delivers held packets
-// before it detaches.
+// the ClaimChecksumOffload mode, and detaching delivers or releases what
+// the engine held.
 //
 // The lower endpoint is attached to the engine itself, so a lower endpoint
 // that knows lro.Flusher or lro.FragmentDispatcher (this project's fdbased)
 // finds them by a type assertion on its dispatcher.
+//
+// Teardown works in the order netstack and its users call it, under
+// traffic: Stack.Destroy, Stack.RemoveNIC, Close, Attach(nil) and Wait, in
+// any order. netstack calls Attach(nil) and Wait while holding its own
+// lock, which a packet on its way in may be waiting for (a reset's route
+// lookup), and a lower endpoint that stops its goroutines waits for that
+// packet. So Attach(nil) and Wait never wait for a packet inside netstack:
+// when one is, the lower endpoint is detached in the background as soon as
+// it is out, and Close, which netstack calls without its lock, waits for
+// that.
 type Endpoint struct {
 	lower  stack.LinkEndpoint
 	engine *lro.Engine
 	claim  bool
+	gate   gate // to the NIC, while attached
 
-	// dispatcher is the NIC, read on every delivery without a lock.
-	dispatcher atomic.Pointer[stack.NetworkDispatcher]
+	mu sync.Mutex // serializes Attach, Wait and Close
+	// detaching is closed when a background detach ends; nil if none runs.
+	// +checklocks:mu
+	detaching chan struct{}
+	// reattach asks the background detach to attach the lower endpoint to
+	// the engine again when it ends: Attach(d) came meanwhile.
+	// +checklocks:mu
+	reattach bool
 }
 
 var (
@@ -41,6 +58,7 @@ var (
 // (lro.Config.LowerChecksumOffload).
 func New(lower stack.LinkEndpoint, cfg lro.Config) (*Endpoint, error) {
 	e := &Endpoint{lower: lower, claim: cfg.ClaimChecksumOffload}
+	e.gate.init()
 	if lower.Capabilities()&stack.CapabilityRXChecksumOffload != 0 {
 		cfg.LowerChecksumOffload = true
 	}
@@ -61,28 +79,84 @@ func (e *Endpoint) Flush() { e.engine.Flush() }
 // Lower returns the wrapped endpoint.
 func (e *Endpoint) Lower() stack.LinkEndpoint { return e.lower }
 
-// Attach implements stack.LinkEndpoint. Attach(nil) stops the lower
-// endpoint's deliveries, hands every held packet to the old dispatcher and
-// then detaches.
+// Attach implements stack.LinkEndpoint.
 //
-// Call Attach(nil) yourself before Stack.RemoveNIC, Stack.Wait or
-// Stack.Destroy: netstack calls it there while holding the stack's lock,
-// and a lower endpoint that waits for a packet in flight (gVisor's fdbased
-// and this project's) then waits on a goroutine that IPv4 or IPv6 blocks
-// on that same lock.
+// Attach(nil) stops deliveries to the old dispatcher at once. If no
+// packet is inside netstack, it then detaches the lower endpoint and
+// hands what the engine held to the old dispatcher (netstack, removing the
+// NIC, has disabled it and drops them). Otherwise a background goroutine
+// does that as soon as the packet is out, and releases what the engine
+// held; Close waits for it.
 func (e *Endpoint) Attach(dispatcher stack.NetworkDispatcher) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
 	if dispatcher == nil {
-		e.lower.Attach(nil)
-		e.engine.Flush()
-		e.dispatcher.Store(nil)
+		e.detachLocked()
 		return
 	}
-	e.dispatcher.Store(&dispatcher)
+	e.gate.open(dispatcher)
+	if e.detaching != nil {
+		e.reattach = true
+		return
+	}
 	e.lower.Attach(e.engine)
 }
 
+// detachLocked is Attach(nil).
+//
+// +checklocks:e.mu
+func (e *Endpoint) detachLocked() {
+	old := e.gate.d.Load()
+	e.gate.close()
+	e.reattach = false
+	if e.detaching != nil {
+		return
+	}
+	if !e.gate.idle() {
+		done := make(chan struct{})
+		e.detaching = done
+		go e.detachLater(done)
+		return
+	}
+	// Nothing of ours is inside netstack and nothing can enter, so the
+	// lower endpoint's goroutines wait on nothing netstack holds.
+	e.lower.Attach(nil)
+	if old != nil {
+		// Only the engine's timer can deliver now: let the held packets
+		// through to the old dispatcher, then close again.
+		e.gate.open(*old)
+		e.engine.Flush()
+		e.gate.close()
+	}
+}
+
+// detachLater detaches the lower endpoint once no packet is inside
+// netstack, or gives up if Attach(d) opened the gate again meanwhile (the
+// lower endpoint is still attached to the engine, as wanted).
+func (e *Endpoint) detachLater(done chan struct{}) {
+	if e.gate.waitIdle() {
+		e.lower.Attach(nil)
+		e.engine.Flush() // into the closed gate: releases what was held
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.reattach && e.gate.isOpen() {
+		e.lower.Attach(e.engine)
+	}
+	e.reattach = false
+	e.detaching = nil
+	close(done)
+}
+
+// pendingDetach returns the channel of a background detach, or nil.
+func (e *Endpoint) pendingDetach() chan struct{} {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.detaching
+}
+
 // IsAttached implements stack.LinkEndpoint.
-func (e *Endpoint) IsAttached() bool { return e.dispatcher.Load() != nil }
+func (e *Endpoint) IsAttached() bool { return e.gate.isOpen() }
 
 // Capabilities implements stack.LinkEndpoint. In the ClaimChecksumOffload
 // mode it adds CapabilityRXChecksumOffload: the engine verifies what
@@ -95,16 +169,25 @@ func (e *Endpoint) Capabilities() stack.LinkEndpointCapabilities {
 	return caps
 }
 
-// Close implements stack.LinkEndpoint. It closes the lower endpoint, then
-// stops the engine's timer and delivers what it held.
+// Close implements stack.LinkEndpoint. It waits for a background detach,
+// closes the lower endpoint, then stops the engine's timer and delivers
+// what it held.
 func (e *Endpoint) Close() {
+	if done := e.pendingDetach(); done != nil {
+		<-done
+	}
 	e.lower.Close()
 	e.engine.Close()
 }
 
-// Wait implements stack.LinkEndpoint. Once the lower endpoint's
-// goroutines are gone, nothing is left held.
+// Wait implements stack.LinkEndpoint: it waits for the lower endpoint's
+// goroutines, then delivers what the engine held. While a background
+// detach waits for a packet inside netstack, whose lock the caller may
+// hold (Stack.Wait holds it), it returns at once; Close waits instead.
 func (e *Endpoint) Wait() {
+	if e.pendingDetach() != nil {
+		return
+	}
 	e.lower.Wait()
 	e.engine.Flush()
 }
@@ -163,14 +246,16 @@ type upper Endpoint
 
 // DeliverNetworkPacket implements stack.NetworkDispatcher.
 func (u *upper) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
-	if d := u.dispatcher.Load(); d != nil {
-		(*d).DeliverNetworkPacket(proto, pkt)
+	if d := u.gate.enter(); d != nil {
+		d.DeliverNetworkPacket(proto, pkt)
+		u.gate.leave()
 	}
 }
 
 // DeliverLinkPacket implements stack.NetworkDispatcher.
 func (u *upper) DeliverLinkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
-	if d := u.dispatcher.Load(); d != nil {
-		(*d).DeliverLinkPacket(proto, pkt)
+	if d := u.gate.enter(); d != nil {
+		d.DeliverLinkPacket(proto, pkt)
+		u.gate.leave()
 	}
 }

@@ -114,32 +114,16 @@ type shard struct {
 	// costs more than the lock already held.
 	// +checklocks:mu
 	merged uint64
-	// queue holds packets to deliver, in order, while another goroutine
-	// is draining; queue[head:] are still to go.
-	// +checklocks:mu
-	queue []pending
-	// +checklocks:mu
-	head int
-	// +checklocks:mu
-	draining bool
-	// queued counts packets ever queued, drained those the draining
-	// goroutine delivered; Flush waits on progress for drained to pass
-	// what it queued.
-	// +checklocks:mu
-	queued uint64
-	// +checklocks:mu
-	drained uint64
-	// +checklocks:mu
-	waiters  int
-	progress sync.Cond
+	// q hands what the table produces to netstack, in order.
+	q deliveryQueue
 
 	stats counters
 }
 
-func (sh *shard) init(capacity int) {
+// init sizes sh for capacity sessions; deliver hands a packet to netstack.
+func (sh *shard) init(capacity int, deliver func(*pending)) {
 	sh.flows = make([]flow, capacity)
-	sh.queue = make([]pending, 0, flushBatch)
-	sh.progress.L = &sh.mu
+	sh.q.init(&sh.mu, deliver)
 	sh.buckets = make([]int32, nextPow2(2*capacity))
 	for i := range sh.buckets {
 		sh.buckets[i] = -1
@@ -232,6 +216,14 @@ func (sh *shard) remove(i int32) session {
 	sh.free = i
 	sh.n--
 	return out
+}
+
+// take ends session i and returns its packet, on its way out for cause.
+//
+// +checklocks:sh.mu
+func (sh *shard) take(i int32, cause counter) pending {
+	h := sh.flows[i].hash
+	return sessionItem(sh.remove(i), cause, h)
 }
 
 func nextPow2(n int) int {
