@@ -23,8 +23,8 @@ var ErrInvalidOptions = errors.New("invalid options")
 type Options struct {
 	// FDs are the file descriptors to read and write frames on. Each gets
 	// its own dispatch goroutine. New makes them non-blocking but does not
-	// take ownership: they must stay open until Wait returns after Close or
-	// Attach(nil), and the caller closes them.
+	// take ownership: they must stay open until Close returns (netstack
+	// calls it when it removes the NIC), and the caller closes them.
 	//
 	// With several fds, the sender must keep each flow on one fd (for
 	// AF_PACKET sockets New joins them to one PACKET_FANOUT_HASH group),
@@ -127,8 +127,14 @@ type Endpoint struct {
 	attachMu sync.Mutex
 	running  bool // dispatch goroutines were started and not yet waited on
 	isClosed bool
+	// stopped is closed when a background stop has waited for the
+	// dispatch goroutines; nil if none runs. restart asks it to start
+	// them again: Attach(d) came meanwhile.
+	stopped chan struct{}
+	restart bool
 
-	stopping atomic.Bool // set while the dispatch loops are being stopped
+	stopping atomic.Bool  // set while the dispatch loops are being stopped
+	inBatch  atomic.Int32 // batches being handed to a dispatcher
 	wg       sync.WaitGroup
 	stats    counters
 	sys      endpointSys // the platform's part: fds, readers, write state
@@ -202,9 +208,17 @@ func (e *Endpoint) IsAttached() bool {
 
 // Wait implements stack.LinkEndpoint.Wait: it waits for the dispatch
 // goroutines to stop, which they do after Attach(nil), Close, or when
-// their fd fails or its peer closes it.
+// their fd fails or its peer closes it. While Attach(nil) left them to
+// stop in the background, because a batch was inside netstack, whose lock
+// the caller may hold (Stack.Wait holds it), it returns at once; Close
+// waits for them.
 func (e *Endpoint) Wait() {
-	e.wg.Wait()
+	e.attachMu.Lock()
+	stopping := e.stopped != nil
+	e.attachMu.Unlock()
+	if !stopping {
+		e.wg.Wait()
+	}
 }
 
 // ARPHardwareType implements stack.LinkEndpoint.ARPHardwareType.

@@ -155,16 +155,14 @@ func joinFanout(links []link) error {
 
 // Attach implements stack.LinkEndpoint.Attach. A dispatcher starts one
 // dispatch goroutine per fd, or, if they run, replaces the dispatcher
-// from their next batch on. nil stops them, waits until they have
-// returned every view, and leaves the endpoint ready to be attached again.
-// After Close, Attach does nothing.
+// from their next batch on. nil stops them and leaves the endpoint ready to
+// be attached again. After Close, Attach does nothing.
 //
-// Like gVisor's fdbased, Attach(nil) and Wait wait for a packet being
-// delivered. netstack's Stack.RemoveNIC and Stack.Wait call them while
-// holding the stack's lock, which IPv4's HandlePacket also takes, so a
-// packet in flight at that moment deadlocks both. Call Attach(nil) on the
-// endpoint (or on an lroendpoint around it) before removing its NIC or
-// calling Stack.Wait.
+// netstack calls Attach(nil) while holding its own lock, which a packet
+// being delivered may be waiting for. So Attach(nil) waits for the
+// dispatch goroutines only when no batch is being delivered; otherwise
+// they stop in the background as soon as their batch is done, and Close
+// waits for them.
 func (e *Endpoint) Attach(dispatcher stack.NetworkDispatcher) {
 	e.attachMu.Lock()
 	defer e.attachMu.Unlock()
@@ -178,9 +176,19 @@ func (e *Endpoint) Attach(dispatcher stack.NetworkDispatcher) {
 	e.mu.Lock()
 	e.dispatcher = dispatcher
 	e.mu.Unlock()
-	if e.running {
+	if e.stopped != nil {
+		e.restart = true // the background stop starts them again
 		return
 	}
+	if !e.running {
+		e.startLocked()
+	}
+}
+
+// startLocked starts a dispatch goroutine per fd.
+//
+// Precondition: e.attachMu is held.
+func (e *Endpoint) startLocked() {
 	e.running = true
 	for i := range e.sys.links {
 		e.wg.Add(1)
@@ -198,8 +206,14 @@ func (e *Endpoint) Close() {
 	if e.isClosed {
 		return
 	}
-	e.stopLocked()
 	e.isClosed = true
+	e.stopLocked()
+	for e.stopped != nil {
+		done := e.stopped
+		e.attachMu.Unlock()
+		<-done
+		e.attachMu.Lock()
+	}
 	unix.Close(e.sys.stopFD)
 	e.mu.Lock()
 	action := e.onClose
@@ -210,15 +224,18 @@ func (e *Endpoint) Close() {
 	}
 }
 
-// stopLocked detaches the dispatcher, then stops the dispatch goroutines
-// and waits for them.
+// stopLocked detaches the dispatcher and stops the dispatch goroutines. It
+// waits for them if no batch is being delivered, else leaves that to a
+// background goroutine.
 //
 // Precondition: e.attachMu is held.
 func (e *Endpoint) stopLocked() {
 	e.mu.Lock()
 	e.dispatcher = nil
+	busy := e.inBatch.Load() > 0 // and no batch starts now: see loadTarget
 	e.mu.Unlock()
-	if !e.running {
+	e.restart = false
+	if !e.running || e.stopped != nil {
 		return
 	}
 	e.stopping.Store(true)
@@ -228,6 +245,31 @@ func (e *Endpoint) stopLocked() {
 		// The eventfd is ours and counts far below its limit.
 		panic(fmt.Sprintf("fdbased: write eventfd: %v", err))
 	}
+	if !busy {
+		e.finishStopLocked()
+		return
+	}
+	done := make(chan struct{})
+	e.stopped = done
+	go func() {
+		e.wg.Wait()
+		e.attachMu.Lock()
+		defer e.attachMu.Unlock()
+		e.finishStopLocked()
+		e.stopped = nil
+		close(done)
+		if e.restart && !e.isClosed {
+			e.restart = false
+			e.startLocked()
+		}
+	}()
+}
+
+// finishStopLocked waits for the dispatch goroutines, which were told to
+// stop, and readies the endpoint for the next Attach.
+//
+// Precondition: e.attachMu is held.
+func (e *Endpoint) finishStopLocked() {
 	e.wg.Wait()
 	var drain [8]byte
 	unix.Read(e.sys.stopFD, drain[:]) // back to not readable, for the next Attach

@@ -42,6 +42,11 @@ type target struct {
 func (e *Endpoint) loadTarget(t *target, queue int) {
 	e.mu.RLock()
 	t.d = e.dispatcher
+	if t.d != nil {
+		// Counted under the lock that stopLocked takes to detach, so
+		// that it knows whether a batch may be inside netstack.
+		e.inBatch.Add(1)
+	}
 	t.addr = e.addr
 	t.maxFrame = e.hdrSize + int(e.mtu)
 	e.mu.RUnlock()

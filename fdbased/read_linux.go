@@ -305,6 +305,9 @@ func (r *reader) dispatch(n int) (eof bool) {
 	if r.ring != nil && c.frames > 0 {
 		r.e.stats.ringBatches.Add(1)
 	}
+	if t.d != nil {
+		r.e.inBatch.Add(-1)
+	}
 	*t = target{} // hold no dispatcher between batches
 	return eof
 }

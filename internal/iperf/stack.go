@@ -86,12 +86,12 @@ func proto(addr tcpip.Address) tcpip.NetworkProtocolNumber {
 }
 
 // DestroyStack detaches ep, the link endpoint of s's NIC, and then destroys
-// s. The order matters: Stack.Destroy removes the NIC while holding the
-// stack's lock and calls ep.Attach(nil), which waits for a packet being
-// delivered, and delivering a packet takes that lock (IPv4 and IPv6
-// HandlePacket look up the NIC's name), so a packet in flight at that
+// s: the order gVisor's fdbased needs. Stack.Destroy removes the NIC while
+// holding the stack's lock and calls ep.Attach(nil), which in gVisor's
+// fdbased waits for a packet being delivered, and delivering a packet can
+// take that lock (a reset's route lookup), so a packet in flight at that
 // moment would deadlock both. Detaching first, without the lock, lets it
-// finish.
+// finish. This project's endpoints need no such care.
 func DestroyStack(s *stack.Stack, ep stack.LinkEndpoint) {
 	ep.Attach(nil)
 	s.Destroy()
@@ -135,9 +135,16 @@ func NewReceiverStack(mode Mode, link LinkOptions, pcap io.Writer, addrs ...tcpi
 	return &ReceiverStack{Stack: s, Link: l, nicEP: ep}, nil
 }
 
-// Destroy destroys the netstack and its link endpoint (DestroyStack).
-// The caller closes the fd after.
-func (r *ReceiverStack) Destroy() { DestroyStack(r.Stack, r.nicEP) }
+// Destroy destroys the netstack and its link endpoint, as users do
+// (Stack.Destroy), or for gVisor's fdbased with DestroyStack. The caller
+// closes the fd after.
+func (r *ReceiverStack) Destroy() {
+	if r.Link.lro == nil && r.Link.fd == nil {
+		DestroyStack(r.Stack, r.nicEP)
+		return
+	}
+	r.Stack.Destroy()
+}
 
 // lockedWriter serializes writes: gVisor's sniffer writes one record per
 // Write call without a lock, and deliveries come from several goroutines.
