@@ -198,7 +198,7 @@ func (e *Engine) flushAndPass(sh *shard, proto tcpip.NetworkProtocolNumber, r *p
 		n++
 	}
 	out[n] = passItem(proto, r, s.reason, s.flowHash(e.seed))
-	e.release(sh, out[:n+1], len(out))
+	e.release(sh, out[:n+1], len(out), false)
 }
 
 // mergeOrHold runs a candidate segment against its flow's session: merge,
@@ -216,7 +216,7 @@ func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pa
 			sh.merged++
 			if !e.done(f, s) {
 				// Most segments end here, with nothing to deliver.
-				e.release(sh, nil, len(out))
+				e.release(sh, nil, len(out), false)
 				return
 			}
 		}
@@ -256,7 +256,7 @@ func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pa
 		n++
 		held = false
 	}
-	e.release(sh, out[:n], len(out))
+	e.release(sh, out[:n], len(out), false)
 	if held {
 		e.armTimer(e.cfg.FlushDelay)
 	}
@@ -264,11 +264,12 @@ func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pa
 
 // release hands items, produced under sh.mu out of a reservation of
 // reserved, to sh's delivery queue, unlocks sh, and delivers those that
-// are this goroutine's to deliver. It returns what a Flush must wait for.
+// are this goroutine's to deliver. It returns what a Flush must wait for:
+// with every, all that left the table before items.
 //
 // +checklocksrelease:sh.mu
-func (e *Engine) release(sh *shard, items []pending, reserved int) pushed {
-	p := sh.q.push(items, reserved)
+func (e *Engine) release(sh *shard, items []pending, reserved int, every bool) pushed {
+	p := sh.q.push(items, reserved, every)
 	sh.mu.Unlock()
 	sh.q.run(items, &p)
 	return p

@@ -11,8 +11,8 @@ const flushBatch = 16
 
 // Flush implements Flusher: it delivers every held packet (inet_lro
 // lro_flush_all), of every queue when e is the engine New returned. It
-// returns once they have all reached netstack, also those that another
-// goroutine delivered for it, except when it is called from inside
+// returns once they, and any packet another goroutine took out of the
+// table before, have reached netstack, except when it is called from inside
 // netstack on an engine's behalf (a link that delivers synchronously):
 // then it does not wait for other goroutines.
 func (e *Engine) Flush() {
@@ -72,7 +72,7 @@ func (e *Engine) flushShard(sh *shard, cause counter, due tcpip.MonotonicTime, e
 			}
 			j = newer
 		}
-		p := e.release(sh, out[:n], len(out))
+		p := e.release(sh, out[:n], len(out), true)
 		sh.q.wait(&p)
 		if n < len(out) {
 			break

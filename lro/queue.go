@@ -65,8 +65,9 @@ type lane struct {
 	busy  bool
 	items []pending // queued packets; items[head:] are still to go
 	head  int
-	// queued counts packets ever queued on the lane, done those of them
-	// delivered: a Flush waits for done to reach what it queued.
+	// queued counts packets ever given to the lane, delivered by the
+	// goroutine that took it or queued, done those of them delivered, in
+	// the same order: a Flush waits for done to reach a count.
 	queued, done uint64
 }
 
@@ -139,16 +140,20 @@ func (q *deliveryQueue) reserve(n int) {
 // push gives the queue items, in the order the table produced them, out
 // of a reservation of reserved >= len(items); the rest of the reservation
 // is returned. Queued items take a reference of their own to a borrowed
-// packet, which must outlive the producer's call.
+// packet, which must outlive the producer's call. With every set, as for a
+// Flush, the returned waits also cover the lanes other goroutines are
+// delivering, so that wait returns once everything taken out of the table
+// before these items has reached netstack.
 //
 // +checklocks:q.mu
-func (q *deliveryQueue) push(items []pending, reserved int) (p pushed) {
+func (q *deliveryQueue) push(items []pending, reserved int, every bool) (p pushed) {
 	q.reserved -= reserved
 	q.undelivered += len(items)
 	for i := range items {
 		it := &items[i]
 		bit := uint16(1) << it.lane
 		ln := &q.lanes[it.lane]
+		ln.queued++
 		switch {
 		case p.lanes&bit != 0:
 			p.mine |= 1 << i // after this producer's earlier packets
@@ -162,9 +167,16 @@ func (q *deliveryQueue) push(items []pending, reserved int) (p pushed) {
 				it.owned = true
 			}
 			ln.items = append(ln.items, *it)
-			ln.queued++
 			p.waits |= bit
 			p.waitFor[it.lane] = ln.queued
+		}
+	}
+	if every {
+		for l := range q.lanes {
+			if bit := uint16(1) << l; q.lanes[l].busy && p.lanes&bit == 0 {
+				p.waits |= bit
+				p.waitFor[l] = q.lanes[l].queued
+			}
 		}
 	}
 	if q.reserved < 0 {
@@ -187,6 +199,9 @@ func (q *deliveryQueue) run(items []pending, p *pushed) {
 	}
 	q.mu.Lock()
 	q.undelivered -= bits.OnesCount32(p.mine)
+	for m := p.mine; m != 0; m &= m - 1 {
+		q.lanes[items[bits.TrailingZeros32(m)].lane].done++
+	}
 	for m := p.lanes; m != 0; m &= m - 1 {
 		q.drain(&q.lanes[bits.TrailingZeros16(m)])
 	}
