@@ -32,7 +32,8 @@ type event struct {
 
 // recorder records events and wakes waiters after each.
 type recorder struct {
-	mu     sync.Mutex
+	mu sync.Mutex
+	// +checklocks:mu
 	events []event
 	notify chan struct{}
 }

@@ -117,20 +117,28 @@ type Endpoint struct {
 	closedFn  func(tcpip.Error)
 
 	// mu guards the fields below it.
-	mu         sync.RWMutex
+	mu sync.RWMutex
+	// +checklocks:mu
 	dispatcher stack.NetworkDispatcher
-	addr       tcpip.LinkAddress
-	mtu        uint32
-	onClose    func()
+	// +checklocks:mu
+	addr tcpip.LinkAddress
+	// +checklocks:mu
+	mtu uint32
+	// +checklocks:mu
+	onClose func()
 
 	// attachMu serializes Attach and Close and guards the fields below it.
 	attachMu sync.Mutex
-	running  bool // dispatch goroutines were started and not yet waited on
+	// +checklocks:attachMu
+	running bool // dispatch goroutines were started and not yet waited on
+	// +checklocks:attachMu
 	isClosed bool
 	// stopped is closed when a background stop has waited for the
 	// dispatch goroutines; nil if none runs. restart asks it to start
 	// them again: Attach(d) came meanwhile.
+	// +checklocks:attachMu
 	stopped chan struct{}
+	// +checklocks:attachMu
 	restart bool
 
 	stopping atomic.Bool  // set while the dispatch loops are being stopped

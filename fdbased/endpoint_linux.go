@@ -187,7 +187,7 @@ func (e *Endpoint) Attach(dispatcher stack.NetworkDispatcher) {
 
 // startLocked starts a dispatch goroutine per fd.
 //
-// Precondition: e.attachMu is held.
+// +checklocks:e.attachMu
 func (e *Endpoint) startLocked() {
 	e.running = true
 	for i := range e.sys.links {
@@ -228,7 +228,7 @@ func (e *Endpoint) Close() {
 // waits for them if no batch is being delivered, else leaves that to a
 // background goroutine.
 //
-// Precondition: e.attachMu is held.
+// +checklocks:e.attachMu
 func (e *Endpoint) stopLocked() {
 	e.mu.Lock()
 	e.dispatcher = nil
@@ -268,7 +268,7 @@ func (e *Endpoint) stopLocked() {
 // finishStopLocked waits for the dispatch goroutines, which were told to
 // stop, and readies the endpoint for the next Attach.
 //
-// Precondition: e.attachMu is held.
+// +checklocks:e.attachMu
 func (e *Endpoint) finishStopLocked() {
 	e.wg.Wait()
 	var drain [8]byte

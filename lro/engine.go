@@ -21,6 +21,7 @@ type Engine struct {
 	seed      uint64
 	shards    []shard
 	shardMask uint64
+	perShard  int         // sessions per shard
 	timer     tcpip.Timer // nil when FlushDelay < 0
 	armed     atomic.Bool // the timer is set to fire
 	closed    atomic.Bool // Close was called: hold nothing more
@@ -59,10 +60,10 @@ func build(next stack.NetworkDispatcher, cfg Config) *Engine {
 		shards:    make([]shard, cfg.Shards),
 		shardMask: uint64(cfg.Shards - 1),
 	}
-	perShard := (cfg.MaxFlows + cfg.Shards - 1) / cfg.Shards
+	e.perShard = (cfg.MaxFlows + cfg.Shards - 1) / cfg.Shards
 	for i := range e.shards {
 		sh := &e.shards[i]
-		sh.init(perShard, func(it *pending) { e.deliver(sh, it) })
+		sh.init(e.perShard, func(it *pending) { e.deliver(sh, it) })
 	}
 	if cfg.FlushDelay > 0 {
 		e.timer = cfg.Clock.AfterFunc(time.Hour, e.timerFlush)

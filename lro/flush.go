@@ -54,7 +54,7 @@ func (e *Engine) flushAll(cause counter) {
 func (e *Engine) flushShard(sh *shard, cause counter, due tcpip.MonotonicTime, every bool) (next time.Duration) {
 	// New sessions may start while we deliver; stop after as many rounds
 	// as the shard has slots, so a busy shard cannot keep us.
-	for range len(sh.flows)/flushBatch + 1 {
+	for range e.perShard/flushBatch + 1 {
 		var out [flushBatch]pending
 		n := 0
 		sh.mu.Lock()

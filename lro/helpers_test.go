@@ -23,7 +23,8 @@ type delivered struct {
 
 // recorder is a stack.NetworkDispatcher that keeps a copy of every packet.
 type recorder struct {
-	mu   sync.Mutex
+	mu sync.Mutex
+	// +checklocks:mu
 	pkts []delivered
 }
 

@@ -19,13 +19,15 @@ import (
 
 // testQueue is a deliveryQueue whose packets are numbered items; deliver
 // records each number, and blocks on a number's gate while one is set.
+// +checklocksalias:q.mu=mu
 type testQueue struct {
 	mu    gsync.Mutex
 	q     deliveryQueue
 	order sync.Map // lane -> *[]int, in delivery order
 	gates sync.Map // item number -> chan struct{}, closed to let it go
 	inMu  sync.Mutex
-	got   []int
+	// +checklocks:inMu
+	got []int
 }
 
 func newTestQueue() *testQueue {
@@ -205,8 +207,9 @@ func flowSegments(f, n, mss int) [][]byte {
 // orderChecker is a dispatcher that checks each flow's bytes arrive in
 // order and whole, counts what is inside it at once, and can be slow.
 type orderChecker struct {
-	t        *testing.T
-	mu       sync.Mutex
+	t  *testing.T
+	mu sync.Mutex
+	// +checklocks:mu
 	next     map[uint16]uint32 // source port -> next sequence number
 	bytes    atomic.Int64      // payload bytes delivered
 	inside   atomic.Int32

@@ -92,6 +92,7 @@ type session struct {
 // shard is one independently locked part of the flow table: a fixed array
 // of flows, hash buckets chained through the flows, an age list for
 // eviction and a free list, all sized once in New.
+// +checklocksalias:q.mu=mu
 type shard struct {
 	mu sync.Mutex
 	// +checklocks:mu
@@ -121,6 +122,9 @@ type shard struct {
 }
 
 // init sizes sh for capacity sessions; deliver hands a packet to netstack.
+// The shard is not shared yet.
+//
+// +checklocksignore
 func (sh *shard) init(capacity int, deliver func(*pending)) {
 	sh.flows = make([]flow, capacity)
 	sh.q.init(&sh.mu, deliver)
@@ -137,6 +141,8 @@ func (sh *shard) init(capacity int, deliver func(*pending)) {
 
 // bucket returns the bucket index of a key hash. The low bits chose the
 // shard, so the bucket uses the high ones.
+//
+// +checklocks:sh.mu
 func (sh *shard) bucket(h uint64) int {
 	return int(h>>32) & (len(sh.buckets) - 1)
 }

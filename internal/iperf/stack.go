@@ -150,7 +150,8 @@ func (r *ReceiverStack) Destroy() {
 // Write call without a lock, and deliveries come from several goroutines.
 type lockedWriter struct {
 	mu sync.Mutex
-	w  io.Writer
+	// +checklocks:mu
+	w io.Writer
 }
 
 // Write writes b to the underlying writer under the lock.

@@ -98,7 +98,8 @@ func (t Test) Gbps() float64 {
 type Server struct {
 	opts Options
 
-	mu     sync.Mutex
+	mu sync.Mutex
+	// +checklocks:mu
 	active *test // the test in progress, nil when idle
 }
 
@@ -201,8 +202,10 @@ type test struct {
 	ctrl   net.Conn
 	cookie [cookieSize]byte
 
-	mu      sync.Mutex
-	want    int // data streams expected; 0 before CREATE_STREAMS
+	mu sync.Mutex
+	// +checklocks:mu
+	want int // data streams expected; 0 before CREATE_STREAMS
+	// +checklocks:mu
 	streams []net.Conn
 	ready   chan struct{} // closed when all streams arrived
 }
