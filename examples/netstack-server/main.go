@@ -16,6 +16,11 @@
 // Every stream is a seeded pseudo-random byte stream whose SHA-256 the
 // receiver compares with the sender's.
 //
+// -soak runs many flows both ways over an impaired link in this process,
+// tearing both stacks down under traffic and building them again every
+// few seconds, and reports bytes moved and wrong, stalls, hangs, and heap,
+// goroutines and RSS at start and end (soak.go).
+//
 // -tap (root) has the Linux kernel's TCP send instead, from a network
 // namespace through a TAP device; with -tso the device takes the kernel's
 // TCP super-packets (TSO) and this project's rows read them whole. -listen
@@ -29,6 +34,8 @@
 //	                [-mtu 1500] [-impair PROFILE] [-json] [-cpuprofile F] [-pcap F]
 //	netstack-server -tap [-iouring | -tso] [-cc cubic] [same flags]
 //	netstack-server -listen 192.0.2.2:5201 -tap-name tap0 [-mode M]
+//	netstack-server -soak 10m [-soak-cycle 3s] [-soak-stream 2M] [-soak-hang 10s]
+//	                [-streams 8] [-mode netlro] [-impair mixed] [-v] [-json]
 package main
 
 import (
@@ -72,6 +79,7 @@ type options struct {
 	cc         string
 	listen     string
 	tapName    string
+	soak       soakOptions
 }
 
 func main() {
@@ -104,6 +112,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.cc, "cc", "cubic", "with -tap: the kernel sender's TCP congestion control (TCP_CONGESTION on its sockets; Linux's default is cubic, whatever the machine's sysctl says)")
 	fs.StringVar(&o.listen, "listen", "", "serve the iperf3 protocol at `addr:port` on the TAP device -tap-name")
 	fs.StringVar(&o.tapName, "tap-name", "", "existing TAP device for -listen")
+	fs.DurationVar(&o.soak.duration, "soak", 0, "run a soak for this long instead of the table: many flows both ways over an impaired link, both stacks torn down under traffic and rebuilt every -soak-cycle")
+	fs.DurationVar(&o.soak.cycle, "soak-cycle", 3*time.Second, "with -soak: traffic time between two teardowns")
+	fs.DurationVar(&o.soak.hang, "soak-hang", 10*time.Second, "with -soak: a teardown taking longer is a hang (goroutine dump, exit code 1)")
+	soakStream := fs.String("soak-stream", "2M", "with -soak: largest stream; sizes are drawn from [1/16 of it, it]")
+	fs.BoolVar(&o.soak.verbose, "v", false, "with -soak: a line per cycle")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -119,11 +132,19 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		o.bytes = n
 	}
+	if o.soak.duration > 0 {
+		if err := soakConfig(&o, fs, *soakStream); err != nil {
+			fmt.Fprintf(stderr, "netstack-server: %v\n", err)
+			return exitUsage
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
 	var err error
 	switch {
+	case o.soak.duration > 0:
+		err = runSoak(ctx, o.soak, stdout, stderr)
 	case o.listen != "" || o.tapName != "":
 		err = runListen(ctx, o, stdout)
 	default:
@@ -201,6 +222,43 @@ func runTable(ctx context.Context, o options, stdout io.Writer) error {
 		results = append(results, res)
 	}
 	return out.finish(results)
+}
+
+// soakConfig fills o.soak from the command line: -mode defaults to
+// netlro, -impair to mixed, -streams to 8 in each direction.
+func soakConfig(o *options, fs *flag.FlagSet, maxStream string) error {
+	if o.tap || o.listen != "" || o.tapName != "" {
+		return usageError{"-soak runs both stacks in this process; not with -tap or -listen"}
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if !set["streams"] {
+		o.streams = 8
+	}
+	if o.mode == "" {
+		o.mode = string(iperf.ModeNetlro)
+	}
+	if o.impair == "" {
+		o.impair = "mixed"
+	}
+	cfg, modes, err := tableConfig(*o)
+	if err != nil {
+		return err
+	}
+	n, err := parseBytes(maxStream)
+	if err != nil || n < 16 {
+		return usageError{fmt.Sprintf("-soak-stream %s: want a byte count of at least 16", maxStream)}
+	}
+	if o.soak.cycle <= 0 || o.soak.hang <= 0 {
+		return usageError{"-soak-cycle and -soak-hang: want positive durations"}
+	}
+	so := &o.soak
+	so.maxStream, so.mode, so.profile = n, modes[0], cfg.Profile
+	so.streams, so.ipv6, so.mtu, so.seed, so.json = o.streams, o.ipv6, uint32(o.mtu), o.seed, o.json
+	if cfg.Profile.Streams > 0 {
+		so.streams = cfg.Profile.Streams
+	}
+	return nil
 }
 
 // tableConfig turns the command line into a transfer config and the rows

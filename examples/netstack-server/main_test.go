@@ -148,6 +148,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"-tap", "-tso", "-iouring"}, "-tso with -iouring"},
 		{[]string{"-tap", "-tso", "-mode", "netstack"}, "-mode netstack with -tso"},
 		{[]string{"stray"}, "unexpected arguments"},
+		{[]string{"-soak", "1s", "-tap"}, "not with -tap"},
+		{[]string{"-soak", "1s", "-soak-stream", "x"}, "-soak-stream x"},
+		{[]string{"-soak", "1s", "-mode", "nope"}, `unknown mode "nope"`},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			code, _, errOut := runArgs(t, tc.args...)

@@ -55,6 +55,11 @@ func newSource(seed uint64, i int) *source {
 	return s
 }
 
+// NewSource returns stream i of seed, the bytes Send writes on its i-th
+// connection, as an endless reader: for checkers of their own, like
+// netstack-server's soak.
+func NewSource(seed uint64, i int) io.Reader { return newSource(seed, i) }
+
 func (s *source) word(p uint64) uint64 { return s.block[p&(sourceWords-1)] ^ p }
 
 // Read fills b with the next len(b) bytes of the stream; it never fails.
