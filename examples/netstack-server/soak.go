@@ -171,28 +171,28 @@ func (s soakStall) String() string {
 
 // soakSummary is the soak's result, the last JSON line with -json.
 type soakSummary struct {
-	Type            string          `json:"type"` // "summary"
-	Mode            iperf.Mode      `json:"mode"`
-	Profile         string          `json:"profile"`
-	Streams         int             `json:"streams"` // per direction
-	Seconds         float64         `json:"seconds"`
-	Cycles          int             `json:"cycles"`
-	BytesMoved      int64           `json:"bytes_moved"` // read by the receiving ends, cut streams included
-	BytesVerified   int64           `json:"bytes_verified"`
-	BytesWrong      int64           `json:"bytes_wrong"`
-	Started         int             `json:"started"`
-	Completed       int             `json:"completed"`
-	Cut             int             `json:"cut"`
-	Wrong           int             `json:"wrong"`
-	Failed          int             `json:"failed"`
-	Stalls          int             `json:"stalls"`
-	MaxTeardown     float64         `json:"max_teardown_seconds"`
-	Hang            string          `json:"hang,omitempty"` // what did not return
-	Pump            iperf.PumpStats `json:"pump"`
-	Start           memSample       `json:"start"` // before cycle 1
-	Warm            memSample       `json:"warm"`  // after cycle 1: the baseline of the pass rule
-	End             memSample       `json:"end"`
-	Failures        []string        `json:"failures,omitempty"`
+	Type          string          `json:"type"` // "summary"
+	Mode          iperf.Mode      `json:"mode"`
+	Profile       string          `json:"profile"`
+	Streams       int             `json:"streams"` // per direction
+	Seconds       float64         `json:"seconds"`
+	Cycles        int             `json:"cycles"`
+	BytesMoved    int64           `json:"bytes_moved"` // read by the receiving ends, cut streams included
+	BytesVerified int64           `json:"bytes_verified"`
+	BytesWrong    int64           `json:"bytes_wrong"`
+	Started       int             `json:"started"`
+	Completed     int             `json:"completed"`
+	Cut           int             `json:"cut"`
+	Wrong         int             `json:"wrong"`
+	Failed        int             `json:"failed"`
+	Stalls        int             `json:"stalls"`
+	MaxTeardown   float64         `json:"max_teardown_seconds"`
+	Hang          string          `json:"hang,omitempty"` // what did not return
+	Pump          iperf.PumpStats `json:"pump"`
+	Start         memSample       `json:"start"` // before cycle 1
+	Warm          memSample       `json:"warm"`  // after cycle 1: the baseline of the pass rule
+	End           memSample       `json:"end"`
+	Failures      []string        `json:"failures,omitempty"`
 }
 
 // soak is one soak run.
