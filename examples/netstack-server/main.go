@@ -112,7 +112,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.cc, "cc", "cubic", "with -tap: the kernel sender's TCP congestion control (TCP_CONGESTION on its sockets; Linux's default is cubic, whatever the machine's sysctl says)")
 	fs.StringVar(&o.listen, "listen", "", "serve the iperf3 protocol at `addr:port` on the TAP device -tap-name")
 	fs.StringVar(&o.tapName, "tap-name", "", "existing TAP device for -listen")
-	fs.DurationVar(&o.soak.duration, "soak", 0, "run a soak for this long instead of the table: many flows both ways over an impaired link, both stacks torn down under traffic and rebuilt every -soak-cycle")
+	fs.DurationVar(&o.soak.duration, "soak", 0, "run a soak for this long (whole cycles) instead of the table: many flows both ways over an impaired link, both stacks torn down under traffic and rebuilt every -soak-cycle")
 	fs.DurationVar(&o.soak.cycle, "soak-cycle", 3*time.Second, "with -soak: traffic time between two teardowns")
 	fs.DurationVar(&o.soak.hang, "soak-hang", 10*time.Second, "with -soak: a teardown taking longer is a hang (goroutine dump, exit code 1)")
 	soakStream := fs.String("soak-stream", "2M", "with -soak: largest stream; sizes are drawn from [1/16 of it, it]")

@@ -222,10 +222,11 @@ func runSoak(ctx context.Context, o soakOptions, stdout, stderr io.Writer) error
 	}
 	var cycles []soakCycle
 	var err error
+	// Whole cycles only, the last one ending past the duration: a short
+	// last cycle would be all ramp-up, and judged a slow one.
 	for n := 1; ctx.Err() == nil && time.Since(s.start) < o.duration; n++ {
-		d := min(o.cycle, o.duration-time.Since(s.start))
 		var c soakCycle
-		c, err = s.runCycle(ctx, n, d)
+		c, err = s.runCycle(ctx, n, o.cycle)
 		if err != nil {
 			var h hangError
 			if errors.As(err, &h) {
@@ -355,14 +356,15 @@ func (s *soak) printSummary(sum soakSummary) {
 	}
 	kinds := map[string]int{}
 	for _, st := range s.stalls {
-		kinds[st.Kind]++
+		kinds[st.Kind+st.Phase]++
 	}
 	w := s.out
 	fmt.Fprintf(w, "\nsoak summary (mode %s, impairment %s, %d+%d streams):\n", sum.Mode, sum.Profile, sum.Streams, sum.Streams)
 	fmt.Fprintf(w, "  duration     %.1fs, %d cycles\n", sum.Seconds, sum.Cycles)
 	fmt.Fprintf(w, "  bytes        %d moved (%s), %d verified, %d wrong\n", sum.BytesMoved, humanBytes(sum.BytesMoved), sum.BytesVerified, sum.BytesWrong)
 	fmt.Fprintf(w, "  streams      %d started: %d completed, %d cut by a teardown, %d wrong, %d failed\n", sum.Started, sum.Completed, sum.Cut, sum.Wrong, sum.Failed)
-	fmt.Fprintf(w, "  stalls       %d (%d stream, %d all streams, %d slow cycle)\n", sum.Stalls, kinds["stream"], kinds["all"], kinds["slow-cycle"])
+	fmt.Fprintf(w, "  stalls       %d: %d streams connecting (a SYN, SYN-ACK or first segment lost: 1 s initial RTO), %d streams receiving, %d all streams, %d slow cycles\n",
+		sum.Stalls, kinds["streamconnecting"], kinds["streamreceiving"], kinds["all"], kinds["slow-cycle"])
 	hang := "none"
 	if sum.Hang != "" {
 		hang = sum.Hang
