@@ -263,7 +263,7 @@ func runSoak(ctx context.Context, o soakOptions, stdout, stderr io.Writer) error
 	}
 	sum.Stalls = len(s.stalls)
 	sum.Failures = sum.check()
-	if sum.Cycles > 0 && sum.End.Goroutines > sum.Warm.Goroutines+leakGoroutines {
+	if sum.leaks() && sum.End.Goroutines > sum.Warm.Goroutines+leakGoroutines {
 		fmt.Fprintln(stderr, "netstack-server: soak: goroutines at the end:")
 		_ = pprof.Lookup("goroutine").WriteTo(stderr, 1)
 	}
@@ -290,14 +290,18 @@ func (sum soakSummary) check() []string {
 	if sum.Failed > 0 {
 		f = append(f, fmt.Sprintf("%d streams failed before their teardown", sum.Failed))
 	}
-	if sum.Cycles > 0 && sum.End.Goroutines > sum.Warm.Goroutines+leakGoroutines {
+	if sum.leaks() && sum.End.Goroutines > sum.Warm.Goroutines+leakGoroutines {
 		f = append(f, fmt.Sprintf("goroutines grew from %d after cycle 1 to %d", sum.Warm.Goroutines, sum.End.Goroutines))
 	}
-	if sum.Cycles > 0 && sum.End.HeapInuse > 2*sum.Warm.HeapInuse+leakHeap {
+	if sum.leaks() && sum.End.HeapInuse > 2*sum.Warm.HeapInuse+leakHeap {
 		f = append(f, fmt.Sprintf("heap in use grew from %s after cycle 1 to %s", mib(sum.Warm.HeapInuse), mib(sum.End.HeapInuse)))
 	}
 	return f
 }
+
+// leaks reports whether the end figures can be judged: not before a
+// cycle ended, nor after a hang, which keeps its cycle's stacks alive.
+func (sum soakSummary) leaks() bool { return sum.Cycles > 0 && sum.Hang == "" }
 
 // emit prints a cycle (JSON always, text with -v) or a stall (always).
 func (s *soak) emit(v any, verbose bool) {
