@@ -33,16 +33,33 @@
 //     be identical and all segments but the last have the same size, so the
 //     merged packet can be cut back into exactly the segments that arrived.
 //
-// # Locking and queues
+// # Locking, delivery and bounds
 //
 // The flow table is split into shards by flow hash; each shard's mutex
 // guards its flows, buckets, age list, free list, delivery queue and merge
 // count. Other counters are atomics per shard. No lock is held while
-// calling into netstack: what a shard hands up goes through a FIFO drained
-// by one goroutine at a time, so one flow's packets keep their order even
-// when a Flush, the timer or an eviction on another goroutine ends the
-// flow's session. A flow whose packets arrive on two goroutines at once
-// is delivered in the order the goroutines reach the shard lock.
+// calling into netstack. What a shard hands up goes through its delivery
+// queue (queue.go): each flow belongs to one of 16 lanes; a lane's packets
+// reach netstack one at a time, in the order the table produced them, even
+// when a Flush, the timer or an eviction on another goroutine ended the
+// flow's session; different lanes go in parallel, each delivered by the
+// goroutine that produced its packets, or, when another goroutine is
+// delivering that lane, by that goroutine. A flow whose packets arrive on
+// two goroutines at once is delivered in the order the goroutines reach
+// the shard lock.
+//
+// What an engine keeps is bounded, however many goroutines deliver into
+// it: at most Config.MaxFlows held sessions per table (the engine's own
+// and each Queue's), and per shard at most 32 packets taken out of the
+// table and not yet handed to netstack, queued or in the hands of the
+// goroutine delivering them. A goroutine that would take more waits until
+// the lanes make room. The one exception is a goroutine inside netstack on
+// an engine's behalf, which netstack can bring back into an engine through
+// a link that delivers synchronously (a loopback or pipe link): it never
+// waits, neither for room nor in Flush, since what it would wait for may
+// be its own delivery. Telling such a goroutine apart takes its goroutine
+// ID, which gVisor reads on amd64 and arm64; on other architectures no
+// goroutine waits and the bound is not enforced.
 //
 // A lower endpoint with several receive queues, one goroutine each (this
 // project's fdbased with several fds), gives queue i's packets to
