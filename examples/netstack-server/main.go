@@ -79,6 +79,7 @@ type options struct {
 	cc         string
 	listen     string
 	tapName    string
+	repeat     int
 	soak       soakOptions
 }
 
@@ -112,6 +113,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.cc, "cc", "cubic", "with -tap: the kernel sender's TCP congestion control (TCP_CONGESTION on its sockets; Linux's default is cubic, whatever the machine's sysctl says)")
 	fs.StringVar(&o.listen, "listen", "", "serve the iperf3 protocol at `addr:port` on the TAP device -tap-name")
 	fs.StringVar(&o.tapName, "tap-name", "", "existing TAP device for -listen")
+	fs.IntVar(&o.repeat, "repeat", 0, "run the table (or -mode's row) `N` times and report each row's spread and stalls (runs below a quarter of its median)")
 	fs.DurationVar(&o.soak.duration, "soak", 0, "run a soak for this long (whole cycles) instead of the table: many flows both ways over an impaired link, both stacks torn down under traffic and rebuilt every -soak-cycle")
 	fs.DurationVar(&o.soak.cycle, "soak-cycle", 3*time.Second, "with -soak: traffic time between two teardowns")
 	fs.DurationVar(&o.soak.hang, "soak-hang", 10*time.Second, "with -soak: a teardown taking longer is a hang (goroutine dump, exit code 1)")
@@ -147,6 +149,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runSoak(ctx, o.soak, stdout, stderr)
 	case o.listen != "" || o.tapName != "":
 		err = runListen(ctx, o, stdout)
+	case o.repeat > 0:
+		err = runRepeat(ctx, o, stdout)
 	default:
 		err = runTable(ctx, o, stdout)
 	}
