@@ -197,14 +197,31 @@ func (e *Endpoint) startLocked() {
 }
 
 // Close implements stack.LinkEndpoint.Close. It stops the dispatch
-// goroutines, waits for them, runs the action given to SetOnCloseAction,
-// and releases what the endpoint allocated. It does not close the fds it
-// was given.
+// goroutines, waits for them, releases what the endpoint allocated, and
+// then runs the action given to SetOnCloseAction (netstack's is RemoveNIC,
+// which calls Attach(nil): it runs with no lock of ours held). It does not
+// close the fds it was given.
 func (e *Endpoint) Close() {
+	if !e.shutdown() {
+		return
+	}
+	e.mu.Lock()
+	action := e.onClose
+	e.onClose = nil
+	e.mu.Unlock()
+	if action != nil {
+		action()
+	}
+}
+
+// shutdown stops the dispatch goroutines for good, waits for them and
+// releases the eventfd. It reports false if the endpoint was closed
+// already.
+func (e *Endpoint) shutdown() bool {
 	e.attachMu.Lock()
 	defer e.attachMu.Unlock()
 	if e.isClosed {
-		return
+		return false
 	}
 	e.isClosed = true
 	e.stopLocked()
@@ -215,13 +232,7 @@ func (e *Endpoint) Close() {
 		e.attachMu.Lock()
 	}
 	unix.Close(e.sys.stopFD)
-	e.mu.Lock()
-	action := e.onClose
-	e.onClose = nil
-	e.mu.Unlock()
-	if action != nil {
-		action()
-	}
+	return true
 }
 
 // stopLocked detaches the dispatcher and stops the dispatch goroutines. It

@@ -237,7 +237,12 @@ func (r *reader) readOne(k int) (int, unix.Errno) {
 // reports which. It sets *hup when the fd reports a hang-up or an error.
 func (r *reader) wait(hup *bool) (stopped bool, errno unix.Errno) {
 	if r.ring != nil {
-		return false, r.ring.wait() // the stop eventfd wakes it too
+		// The stop eventfd's completion wakes the ring, but reap may have
+		// taken it already, just after stopping was set: look first.
+		if r.e.stopping.Load() {
+			return true, 0
+		}
+		return false, r.ring.wait()
 	}
 	r.pfds[0].Revents, r.pfds[1].Revents = 0, 0
 	if _, err := unix.Poll(r.pfds[:], -1); err != nil {

@@ -82,11 +82,11 @@ func (e *Endpoint) Lower() stack.LinkEndpoint { return e.lower }
 // Attach implements stack.LinkEndpoint.
 //
 // Attach(nil) stops deliveries to the old dispatcher at once. If no
-// packet is inside netstack, it then detaches the lower endpoint and
-// hands what the engine held to the old dispatcher (netstack, removing the
-// NIC, has disabled it and drops them). Otherwise a background goroutine
-// does that as soon as the packet is out, and releases what the engine
-// held; Close waits for it.
+// packet is inside netstack, it then detaches the lower endpoint;
+// otherwise a background goroutine does as soon as the packet is out, and
+// Close waits for it. Either way what the engine held is released, not
+// delivered: netstack calls Attach(nil) while holding its lock, and has
+// disabled the NIC, which would drop them anyway.
 func (e *Endpoint) Attach(dispatcher stack.NetworkDispatcher) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -102,11 +102,11 @@ func (e *Endpoint) Attach(dispatcher stack.NetworkDispatcher) {
 	e.lower.Attach(e.engine)
 }
 
-// detachLocked is Attach(nil).
+// detachLocked is Attach(nil). It never delivers into netstack: a
+// goroutine holding netstack's lock may be waiting for e.mu.
 //
 // +checklocks:e.mu
 func (e *Endpoint) detachLocked() {
-	old := e.gate.d.Load()
 	e.gate.close()
 	e.reattach = false
 	if e.detaching != nil {
@@ -121,13 +121,7 @@ func (e *Endpoint) detachLocked() {
 	// Nothing of ours is inside netstack and nothing can enter, so the
 	// lower endpoint's goroutines wait on nothing netstack holds.
 	e.lower.Attach(nil)
-	if old != nil {
-		// Only the engine's timer can deliver now: let the held packets
-		// through to the old dispatcher, then close again.
-		e.gate.open(*old)
-		e.engine.Flush()
-		e.gate.close()
-	}
+	e.engine.Flush() // into the closed gate: releases what was held
 }
 
 // detachLater detaches the lower endpoint once no packet is inside
@@ -169,10 +163,14 @@ func (e *Endpoint) Capabilities() stack.LinkEndpointCapabilities {
 	return caps
 }
 
-// Close implements stack.LinkEndpoint. It waits for a background detach,
-// closes the lower endpoint, then stops the engine's timer and delivers
-// what it held.
+// Close implements stack.LinkEndpoint. It detaches, as Attach(nil) does,
+// and waits for the lower endpoint's goroutines to stop (some lower
+// endpoints, gVisor's fdbased among them, stop them only on Attach(nil)),
+// then closes the lower endpoint, stops the engine's timer and releases
+// what it held. netstack calls Close without its lock; a caller that
+// holds it must not.
 func (e *Endpoint) Close() {
+	e.Attach(nil)
 	if done := e.pendingDetach(); done != nil {
 		<-done
 	}

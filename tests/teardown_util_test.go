@@ -92,8 +92,10 @@ type traffic struct {
 	// peer.
 	got [2]atomic.Uint64
 
-	mu      sync.Mutex
+	mu sync.Mutex
+	// +checklocks:mu
 	closers []func()
+	// +checklocks:mu
 	stopped bool
 }
 
