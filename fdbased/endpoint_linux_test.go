@@ -1,6 +1,7 @@
 package fdbased
 
 import (
+	"os"
 	"runtime"
 	"testing"
 
@@ -235,4 +236,27 @@ func TestClosedFunc(t *testing.T) {
 			assert.True(t, e.IsAttached(), "the dispatcher stays until Attach(nil)")
 		})
 	}
+}
+
+// TestNoFDLeak: an endpoint attached, detached and closed, again and
+// again, leaves no file descriptor of its own open (its eventfd, an
+// io_uring's ring).
+func TestNoFDLeak(t *testing.T) {
+	count := func() int {
+		ents, err := os.ReadDir("/proc/self/fd")
+		require.NoError(t, err)
+		return len(ents)
+	}
+	ours, _ := socketPair(t, unix.SOCK_SEQPACKET)
+	before := count()
+	for i := range 50 {
+		le, err := New(&Options{FDs: []int{ours}, MTU: 1500, IOUring: i%2 == 1})
+		require.NoError(t, err)
+		le.Attach(newRecorder())
+		le.Attach(nil)
+		le.Attach(newRecorder())
+		le.Close()
+		le.Wait()
+	}
+	assert.Equal(t, before, count())
 }

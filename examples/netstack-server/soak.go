@@ -25,7 +25,6 @@ import (
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
-	gfdbased "gvisor.dev/gvisor/pkg/tcpip/link/fdbased"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -464,7 +463,7 @@ func (s *soak) runCycle(ctx context.Context, n int, d time.Duration) (soakCycle,
 		return res, err
 	}
 	rcv := rs.Stack
-	sep, err := soakSenderLink(link[0], o.mtu)
+	sep, err := iperf.NewSenderLink(link[0], o.mtu)
 	if err != nil {
 		rcv.Destroy()
 		return res, err
@@ -540,22 +539,6 @@ func (s *soak) runCycle(ctx context.Context, n int, d time.Duration) (soakCycle,
 	}
 	fds = nil
 	return res, nil
-}
-
-// soakSenderLink is iperf.NewSenderLink with one processor. gVisor's
-// fdbased (this version) builds a readv dispatcher for a socket before the
-// recvmmsg one it keeps, and never stops the first one's processor
-// goroutines: GOMAXPROCS of them per endpoint, started only when there is
-// more than one. A soak would count them as its leak every cycle. With
-// one processor, packets are delivered on the dispatch goroutine, which
-// Stack.Destroy can deadlock: destroy it with iperf.DestroyStack.
-func soakSenderLink(fd int, mtu uint32) (stack.LinkEndpoint, error) {
-	return gfdbased.New(&gfdbased.Options{
-		FDs:                  []int{fd},
-		MTU:                  mtu,
-		PacketDispatchMode:   gfdbased.RecvMMsg,
-		ProcessorsPerChannel: 1,
-	})
 }
 
 // serve accepts connections on port of st and reads each stream.
