@@ -63,7 +63,7 @@ func build(next stack.NetworkDispatcher, cfg Config) *Engine {
 	e.perShard = (cfg.MaxFlows + cfg.Shards - 1) / cfg.Shards
 	for i := range e.shards {
 		sh := &e.shards[i]
-		sh.init(e.perShard, func(it *pending) { e.deliver(sh, it) })
+		sh.init(e.perShard, func(it pending) { e.deliver(sh, &it) })
 	}
 	if cfg.FlushDelay > 0 {
 		e.timer = cfg.Clock.AfterFunc(time.Hour, e.timerFlush)

@@ -104,11 +104,14 @@ type deliveryQueue struct {
 	waiters int
 	cond    sync.Cond // on mu: room was made or a lane progressed
 
-	deliver func(*pending) // hands one packet to netstack
+	// deliver hands one packet to netstack. It takes the packet by value:
+	// a pointer passed through a func value escapes, and would move every
+	// producer's item array to the heap.
+	deliver func(pending)
 }
 
 // init makes q deliver with deliver, under the lock mu.
-func (q *deliveryQueue) init(mu *sync.Mutex, deliver func(*pending)) {
+func (q *deliveryQueue) init(mu *sync.Mutex, deliver func(pending)) {
 	q.mu = mu
 	q.cond.L = mu
 	q.deliver = deliver
@@ -195,7 +198,7 @@ func (q *deliveryQueue) run(items []pending, p *pushed) {
 	slot := enterDelivery()
 	defer leaveDelivery(slot)
 	for m := p.mine; m != 0; m &= m - 1 {
-		q.deliver(&items[bits.TrailingZeros32(m)])
+		q.deliver(items[bits.TrailingZeros32(m)])
 	}
 	q.mu.Lock()
 	q.undelivered -= bits.OnesCount32(p.mine)
@@ -225,7 +228,7 @@ func (q *deliveryQueue) drain(ln *lane) {
 		ln.head += n
 		q.mu.Unlock()
 		for i := range n {
-			q.deliver(&batch[i])
+			q.deliver(batch[i])
 		}
 		clear(batch[:n])
 		q.mu.Lock()

@@ -32,7 +32,7 @@ type testQueue struct {
 
 func newTestQueue() *testQueue {
 	tq := &testQueue{}
-	tq.q.init(&tq.mu, func(it *pending) {
+	tq.q.init(&tq.mu, func(it pending) {
 		id := it.s.segs
 		if g, ok := tq.gates.Load(id); ok {
 			<-g.(chan struct{})
@@ -167,7 +167,7 @@ func TestQueueNoWaitInsideDelivery(t *testing.T) {
 	tq := &testQueue{}
 	var inner pushed
 	reentered := false
-	tq.q.init(&tq.mu, func(it *pending) {
+	tq.q.init(&tq.mu, func(it pending) {
 		tq.inMu.Lock()
 		tq.got = append(tq.got, it.s.segs)
 		tq.inMu.Unlock()

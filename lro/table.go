@@ -125,7 +125,7 @@ type shard struct {
 // The shard is not shared yet.
 //
 // +checklocksignore
-func (sh *shard) init(capacity int, deliver func(*pending)) {
+func (sh *shard) init(capacity int, deliver func(pending)) {
 	sh.flows = make([]flow, capacity)
 	sh.q.init(&sh.mu, deliver)
 	sh.buckets = make([]int32, nextPow2(2*capacity))
