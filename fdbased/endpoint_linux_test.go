@@ -4,6 +4,7 @@ import (
 	"os"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -259,4 +260,61 @@ func TestNoFDLeak(t *testing.T) {
 		le.Wait()
 	}
 	assert.Equal(t, before, count())
+}
+
+// blockingDispatcher's deliveries wait until release is closed, as a
+// delivery waits for netstack's lock while Stack.Destroy holds it.
+type blockingDispatcher struct {
+	inside  chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingDispatcher) DeliverNetworkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {
+	b.inside <- struct{}{}
+	<-b.release
+}
+
+func (b *blockingDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
+
+// TestDetachNeverWaitsForNetstack: while a batch is stuck in netstack,
+// Attach(nil) and Wait, which netstack calls holding the lock the batch
+// waits for, return at once; Close waits for the dispatch goroutine.
+func TestDetachNeverWaitsForNetstack(t *testing.T) {
+	ours, peer := socketPair(t, unix.SOCK_SEQPACKET)
+	le, err := New(&Options{FDs: []int{ours}, MTU: 1500})
+	require.NoError(t, err)
+	b := &blockingDispatcher{inside: make(chan struct{}, 4), release: make(chan struct{})}
+	le.Attach(b)
+	writeFrame(t, peer, makeFrame(100, false, "", 1))
+	<-b.inside
+
+	returned := make(chan string)
+	go func() {
+		le.Attach(nil)
+		returned <- "Attach(nil)"
+		le.Wait()
+		returned <- "Wait"
+	}()
+	for _, want := range []string{"Attach(nil)", "Wait"} {
+		select {
+		case got := <-returned:
+			assert.Equal(t, want, got)
+		case <-time.After(waitLimit):
+			t.Fatalf("%s waited for the batch inside netstack", want)
+		}
+	}
+	assert.False(t, le.IsAttached())
+	before := runtime.NumGoroutine()
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		le.Close()
+	}()
+	close(b.release)
+	select {
+	case <-closed:
+	case <-time.After(waitLimit):
+		t.Fatal("Close did not return once the batch was out")
+	}
+	waitGoroutines(t, before-1) // the dispatch goroutine is gone
 }
