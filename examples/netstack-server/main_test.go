@@ -67,6 +67,11 @@ func TestEveryRowJSON(t *testing.T) {
 		assert.True(t, r.Verified, "%s SHA-256", r.Mode)
 		assert.Positive(t, r.PacketsIn, "%s packets", r.Mode)
 		assert.Positive(t, r.Sent.CPUSeconds, "%s: the sender process reports its CPU time", r.Mode)
+		if assert.NotNil(t, r.Sent.TCP, "%s: the sender reports its TCP counters", r.Mode) {
+			// The sender's link pushes back and its queue holds all TCP
+			// has in flight: nothing is lost before the receiver.
+			assert.Zero(t, r.Sent.TCP.LinkDropsQueueFull, "%s: sender link drops", r.Mode)
+		}
 		if _, ok := r.Mode.LROConfig(); ok {
 			require.NotNil(t, r.LRO, "%s engine stats", r.Mode)
 			assert.Positive(t, r.LRO.MergedPackets, "%s merged packets", r.Mode)

@@ -41,7 +41,7 @@ func runRepeat(ctx context.Context, o options, stdout io.Writer) error {
 				return fmt.Errorf("run %d, %s: %w", i+1, m, err)
 			}
 			runs[m] = append(runs[m], res)
-			line = append(line, fmt.Sprintf("%s %.2f Gbit/s %.1fs", m, res.Gbps(), res.Seconds))
+			line = append(line, fmt.Sprintf("%s %.2f Gbit/s %.1fs%s", m, res.Gbps(), res.Seconds, senderNote(res)))
 			if !res.Verified {
 				line = append(line, "NOT VERIFIED")
 			}
@@ -53,7 +53,7 @@ func runRepeat(ctx context.Context, o options, stdout io.Writer) error {
 		s := summarize(runs[m])
 		var stalled []string
 		for _, r := range s.stalls {
-			stalled = append(stalled, fmt.Sprintf("#%d %.3f %.1fs", r.run, r.gbps, r.seconds))
+			stalled = append(stalled, fmt.Sprintf("#%d %.3f %.1fs%s", r.run, r.gbps, r.seconds, senderNote(runs[m][r.run-1])))
 		}
 		fmt.Fprintf(stdout, "%-15s %5d %8.2f %8.2f %8.2f %7d %6d  %s\n", m, len(runs[m]), s.median, s.min, s.max, len(s.stalls), s.wrong, strings.Join(stalled, ", "))
 	}
@@ -101,4 +101,14 @@ func summarize(rs []iperf.Result) rowSummary {
 		}
 	}
 	return s
+}
+
+// senderNote names the sender's retransmission timeouts and link drops of
+// a run, if it had any.
+func senderNote(r iperf.Result) string {
+	t := r.Sent.TCP
+	if t == nil || t.Timeouts+t.LinkDropsQueueFull == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (sender: %d RTOs, %d link drops)", t.Timeouts, t.LinkDropsQueueFull)
 }

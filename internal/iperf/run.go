@@ -261,14 +261,18 @@ func SendOverFD(ctx context.Context, cfg Config, fd int) (SendResult, error) {
 
 // sendNetstack builds the sender's netstack on fd and sends. The NIC has a
 // FIFO queueing discipline, as gVisor's runsc gives fdbased NICs, so that
-// segments leave in sendmmsg batches rather than one syscall each.
+// segments leave in sendmmsg batches rather than one syscall each. Its
+// queue holds more than TCP can have in flight: the link pushes back when
+// the socketpair is full (backpressure), and the queue must then hold what
+// TCP sends meanwhile rather than drop it, which a tail of a flight does
+// not survive in gVisor's TCP (see backpressure).
 func sendNetstack(ctx context.Context, cfg Config, fd int) (SendResult, error) {
 	ep, err := NewSenderLink(fd, cfg.MTU)
 	if err != nil {
 		return SendResult{}, err
 	}
 	local, remote := cfg.Addrs()
-	s, err := newStack(ep, stack.NICOptions{QDisc: fifo.New(ep, 1, 1000)}, local)
+	s, err := newStack(ep, stack.NICOptions{QDisc: fifo.New(ep, 1, senderQueue)}, local)
 	if err != nil {
 		return SendResult{}, err
 	}
@@ -277,7 +281,25 @@ func sendNetstack(ctx context.Context, cfg Config, fd int) (SendResult, error) {
 	dial := func(ctx context.Context) (net.Conn, error) {
 		return gonet.DialContextTCP(ctx, s, raddr, proto(remote))
 	}
-	return Send(ctx, dial, cfg.Send, nil)
+	res, err := Send(ctx, dial, cfg.Send, nil)
+	res.TCP = senderTCPStats(s)
+	return res, err
+}
+
+// senderQueue is the sender's qdisc queue, in packets: more than gVisor's
+// TCP has in flight with its largest receive window (8 MiB of MTU-sized
+// segments).
+const senderQueue = 8 << 20 / 1400
+
+// senderTCPStats reads what the sender's stack counted.
+func senderTCPStats(s *stack.Stack) *SenderTCPStats {
+	st := s.Stats()
+	return &SenderTCPStats{
+		Retransmits:        st.TCP.Retransmits.Value(),
+		Timeouts:           st.TCP.Timeouts.Value(),
+		SACKRecoveries:     st.TCP.SACKRecovery.Value(),
+		LinkDropsQueueFull: st.NICs.TxPacketsDroppedNoBufferSpace.Value(),
+	}
 }
 
 // Socketpair returns a connected pair of unix SOCK_SEQPACKET sockets with

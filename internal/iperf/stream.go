@@ -198,6 +198,18 @@ type SendResult struct {
 	// process to itself, as netstack-server's child has; Run, which
 	// shares one, leaves it 0.
 	CPUSeconds float64 `json:"cpu_seconds,omitempty"`
+	// TCP is what the sender's netstack counted, where the sender is a
+	// netstack of the harness's.
+	TCP *SenderTCPStats `json:"tcp,omitempty"`
+}
+
+// SenderTCPStats are the sender's counters that tell a stalled transfer:
+// retransmission timeouts, and the drops of its own link.
+type SenderTCPStats struct {
+	Retransmits        uint64 `json:"retransmits"`
+	Timeouts           uint64 `json:"timeouts"`
+	SACKRecoveries     uint64 `json:"sack_recoveries"`
+	LinkDropsQueueFull uint64 `json:"link_drops_queue_full"` // TxPacketsDroppedNoBufferSpace
 }
 
 // Bytes returns the total over all streams.
