@@ -193,18 +193,11 @@ func runTable(ctx context.Context, o options, stdout io.Writer) error {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	var env runEnv
-	if o.tap {
-		tenv, err := newTapEnv(ctx, cfg, o.cc, o.tso)
-		if err != nil {
-			return err
-		}
-		defer tenv.Close()
-		tenv.iouring = o.iouring
-		env = tenv
-	} else {
-		env = socketpairEnv{}
+	env, closeEnv, err := newRunEnv(ctx, cfg, o)
+	if err != nil {
+		return err
 	}
+	defer closeEnv()
 	out := newTable(stdout, o.json)
 	out.header(env.describe(cfg, o))
 	var results []iperf.Result
@@ -317,6 +310,20 @@ func tableConfig(o options) (iperf.Config, []iperf.Mode, error) {
 type runEnv interface {
 	describe(cfg iperf.Config, o options) string
 	run(ctx context.Context, cfg iperf.Config) (iperf.Result, error)
+}
+
+// newRunEnv returns where the rows run: a TAP device with -tap, else a
+// socketpair; the caller calls closeEnv when done.
+func newRunEnv(ctx context.Context, cfg iperf.Config, o options) (env runEnv, closeEnv func(), err error) {
+	if !o.tap {
+		return socketpairEnv{}, func() {}, nil
+	}
+	tenv, err := newTapEnv(ctx, cfg, o.cc, o.tso)
+	if err != nil {
+		return nil, nil, err
+	}
+	tenv.iouring = o.iouring
+	return tenv, tenv.Close, nil
 }
 
 // openPcap points cfg.Pcap at the capture file of cfg's row, if asked for.

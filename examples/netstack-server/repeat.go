@@ -19,16 +19,11 @@ func runRepeat(ctx context.Context, o options, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var env runEnv = socketpairEnv{}
-	if o.tap {
-		tenv, err := newTapEnv(ctx, cfg, o.cc, o.tso)
-		if err != nil {
-			return err
-		}
-		defer tenv.Close()
-		tenv.iouring = o.iouring
-		env = tenv
+	env, closeEnv, err := newRunEnv(ctx, cfg, o)
+	if err != nil {
+		return err
 	}
+	defer closeEnv()
 	fmt.Fprintf(stdout, "%s, %d runs\n", env.describe(cfg, o), o.repeat)
 	runs := make(map[iperf.Mode][]iperf.Result, len(modes))
 	for i := range o.repeat {
