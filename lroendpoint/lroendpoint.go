@@ -15,8 +15,8 @@ import (
 // Endpoint is a stack.LinkEndpoint that puts an lro.Engine between a lower
 // endpoint and the NIC. It forwards everything it does not change, in the
 // spirit of gVisor's link/nested: it adds CapabilityRXChecksumOffload in
-// the ClaimChecksumOffload mode, and detaching delivers or releases what
-// the engine held.
+// the ClaimChecksumOffload mode, and detaching releases what the engine
+// held.
 //
 // The lower endpoint is attached to the engine itself, so a lower endpoint
 // that knows lro.Flusher or lro.FragmentDispatcher (this project's fdbased)
