@@ -176,7 +176,8 @@ func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pa
 			sh.merged++
 			if !e.done(f, s) {
 				// Most segments end here, with nothing to deliver.
-				e.release(sh, nil, len(out), false)
+				sh.q.unreserve(len(out))
+				sh.mu.Unlock()
 				return
 			}
 		}

@@ -140,6 +140,11 @@ func (q *deliveryQueue) reserve(n int) {
 	q.reserved += n
 }
 
+// unreserve returns a reservation of n that produced nothing.
+//
+// +checklocks:q.mu
+func (q *deliveryQueue) unreserve(n int) { q.reserved -= n }
+
 // push gives the queue items, in the order the table produced them, out
 // of a reservation of reserved >= len(items); the rest of the reservation
 // is returned. Queued items take a reference of their own to a borrowed
