@@ -92,7 +92,7 @@ func pseudoHeaderSum(hdr []byte, v6 bool, n int) uint64 {
 func verifySegment(r *packetRef, s *segment, validated bool) bool {
 	if s.fragment {
 		// Its TCP checksum covers bytes that are not here yet.
-		return validated || ipv4HeaderValid(s.hdr[:s.ipLen])
+		return validated || s.v6 || ipv4HeaderValid(s.hdr[:s.ipLen])
 	}
 	if !validated && !s.v6 && !ipv4HeaderValid(s.hdr[:s.ipLen]) {
 		return false

@@ -34,12 +34,28 @@ type Config struct {
 	// (inet_lro max_aggr). 0 means DefaultMaxSegments.
 	MaxSegments int
 	// MaxBytes is the most TCP payload in one merged packet. 0 means the
-	// most that fits a 65535-byte IP packet.
+	// most that fits a 65535-byte IP packet. In both modes a merged packet
+	// is never larger than 65535 bytes from the IP header on, IPv6
+	// extension headers included: IPv4's total length, and for IPv6
+	// Linux's legacy GRO limit, where the payload length field alone would
+	// allow 40 bytes more.
 	MaxBytes int
-	// Resegmentable selects Linux GRO's rules: ACK, window and options
-	// identical and equal-sized segments, so a merged packet can be split
-	// back into exactly the segments that arrived. False selects inet_lro's
-	// rules, where the newest ACK, window and timestamps win.
+	// Resegmentable selects Linux GRO's rules as its selftest (gro.c)
+	// states them: a merged packet splits back, GSO-style, into exactly the
+	// segments that arrived. Segments merge when all their header fields
+	// but the sequence number, lengths and checksums are equal (ACK,
+	// window, options, flags but PSH, CWR and ECE included, the IPv6 flow
+	// label), their IPv4 IDs are all equal or increase by one a segment,
+	// and none is larger than the first; a PSH or shorter segment ends the
+	// merge. A split needs the first segment's payload size and whether
+	// the IDs were equal, as Linux's GSO does.
+	//
+	// False selects inet_lro's rules: the newest ACK, window and
+	// timestamps win, PSH is aggregated, sizes and IPv4 IDs are not
+	// compared, and a segment with ECE or CWR never merges.
+	//
+	// In both modes IPv6 segments with Hop-by-Hop, Routing or Destination
+	// Options headers merge when those headers are byte-identical.
 	Resegmentable bool
 	// ClaimChecksumOffload makes the engine verify, on every packet it
 	// hands up, what netstack skips when the link endpoint reports

@@ -108,6 +108,8 @@ func (e *Engine) handle(proto tcpip.NetworkProtocolNumber, r *packetRef) {
 		switch {
 		case !verifySegment(r, &s, e.validated(r)):
 			v, s.reason = verdictPass, cPassBadChecksum
+		case v == verdictCandidate && e.refusesECN(&s):
+			v, s.reason = verdictPassFlow, cPassTCPFlags
 		case s.fragment && e.cfg.ClaimChecksumOffload:
 			v = verdictPass // dropped by pass: nobody checks it later
 		}

@@ -1,6 +1,7 @@
 package lro
 
 import (
+	"bytes"
 	"encoding/binary"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -34,8 +35,9 @@ func (e *Engine) classify(f *session, s *segment) action {
 	if s.seq != f.nextSeq {
 		return actionPass
 	}
-	// Same header shape, TOS and TTL (tcp_gro_receive, inet_gro_receive).
-	if s.tcpLen != f.tcpLen || s.tos != f.tos || s.ttl != f.ttl {
+	// Same header shape, TOS and TTL (tcp_gro_receive, inet_gro_receive),
+	// and the same IPv6 extension headers.
+	if s.ipLen != f.ipLen || s.tcpLen != f.tcpLen || s.tos != f.tos || s.ttl != f.ttl || !sameExtensions(f, s) {
 		return actionRestart
 	}
 	// An older TSval would hide PAWS from TCP (lro_tcp_ip_check: after()).
@@ -59,8 +61,8 @@ func (e *Engine) classify(f *session, s *segment) action {
 
 // classifyResegmentable applies Linux GRO's stricter rules
 // (tcp_gro_receive): the merged packet must split back into the segments
-// that arrived, so everything but the sequence number is identical and no
-// segment is larger than the first.
+// that arrived, so everything a split copies from the first segment's
+// headers is identical and no segment is larger than the first.
 func classifyResegmentable(f *session, s *segment) (action, bool) {
 	if s.ack != f.ack || s.window != f.window {
 		return actionRestart, false
@@ -68,10 +70,66 @@ func classifyResegmentable(f *session, s *segment) (action, bool) {
 	if s.ts && (s.tsVal != f.tsVal || s.tsEcr != f.tsEcr) {
 		return actionRestart, false
 	}
+	// The flags but PSH, the reserved bits (AccECN's AE among them) and
+	// the urgent pointer. Current Linux compares CWR as it compares ECE:
+	// a merge ends where it changes, and segments that all carry it merge
+	// (tcp_gro_receive since "gro: flushing when CWR is set negatively
+	// affects AccECN"; gro.c flags_cwr).
+	ft, st := f.hdr[f.ipLen:], s.hdr[s.ipLen:]
+	if ft[12] != st[12] || (ft[13]^st[13])&^uint8(header.TCPFlagPsh) != 0 || ft[18] != st[18] || ft[19] != st[19] {
+		return actionRestart, false
+	}
+	if !s.v6 && !ipv4IDFollows(f, s) {
+		return actionRestart, false
+	}
+	// The flow label; Linux keeps segments with different labels apart
+	// (ipv6_gro_receive).
+	if s.v6 && (f.hdr[1]&0xf != s.hdr[1]&0xf || f.hdr[2] != s.hdr[2] || f.hdr[3] != s.hdr[3]) {
+		return actionRestart, false
+	}
 	if s.payload > f.mss {
 		return actionRestart, false
 	}
 	return actionMerge, true
+}
+
+// ipv4IDFollows applies Linux's IPv4 rule (inet_gro_flush in
+// include/net/gro.h): the same flags (DF), and IDs that are all equal or
+// increase by one a segment, decided at the second segment (ip_fixedid).
+// A split gives each segment its ID back from the first segment's
+// (SKB_GSO_TCP_FIXEDID or the increment). Since Linux dropped its DF
+// checks here ("net: gro: remove unnecessary df checks"), equal IDs merge
+// without DF too (gro.c ip_id_df0_fixed).
+func ipv4IDFollows(f *session, s *segment) bool {
+	const flagsMask = 0xe0 // reserved, DF, MF
+	if (f.hdr[6]^s.hdr[6])&flagsMask != 0 {
+		return false
+	}
+	off := binary.BigEndian.Uint16(s.hdr[4:]) - binary.BigEndian.Uint16(f.hdr[4:])
+	switch {
+	case f.segs == 1:
+		return off <= 1
+	case f.fixedID:
+		return off == 0
+	}
+	return off == uint16(f.segs)
+}
+
+// sameExtensions reports whether s carries the IPv6 extension headers of
+// f's first segment, byte for byte, as Linux's ipv6_gro_receive (memcmp)
+// and gVisor's findGROPacket6 (bytes.Equal) require. s.ipLen == f.ipLen.
+func sameExtensions(f *session, s *segment) bool {
+	if !s.v6 || s.ipLen == header.IPv6MinimumSize {
+		return true
+	}
+	return s.hdr[6] == f.hdr[6] && bytes.Equal(s.hdr[header.IPv6MinimumSize:s.ipLen], f.hdr[header.IPv6MinimumSize:f.ipLen])
+}
+
+// refusesECN reports whether s carries ECE or CWR under inet_lro's rules,
+// which never merge either (lro_tcp_ip_check). Resegmentable mode merges
+// segments that agree on both (classifyResegmentable).
+func (e *Engine) refusesECN(s *segment) bool {
+	return !e.cfg.Resegmentable && s.flags&(header.TCPFlagEce|header.TCPFlagCwr) != 0
 }
 
 // start makes s the first segment of session f. pkt holding s is already
@@ -85,12 +143,12 @@ func (e *Engine) start(f *session, s *segment) {
 	f.psh = s.flags&header.TCPFlagPsh != 0
 	f.ts, f.tsVal, f.tsEcr = s.ts, s.tsVal, s.tsEcr
 	f.tos, f.ttl = s.tos, s.ttl
-	// Never an IP packet over 65535 bytes (IPv4 total length, IPv6
-	// payload length).
-	f.maxPayload = 0xffff - s.tcpLen
-	if !s.v6 {
-		f.maxPayload -= s.ipLen
-	}
+	f.fixedID = false
+	// Never an IP packet over 65535 bytes, headers included, in either
+	// mode: IPv4's total length, and for IPv6 Linux's legacy GRO limit
+	// (GRO_LEGACY_MAX_SIZE; gro.c large_max, large_rem), which also keeps
+	// a merged packet within a 65535-byte capture.
+	f.maxPayload = 0xffff - s.ipLen - s.tcpLen
 	if e.cfg.MaxBytes > 0 {
 		f.maxPayload = min(f.maxPayload, e.cfg.MaxBytes)
 	}
@@ -100,6 +158,11 @@ func (e *Engine) start(f *session, s *segment) {
 // takes the newest ACK, window and timestamps (inet_lro lro_add_common).
 func (e *Engine) merge(f *session, s *segment, r *packetRef) {
 	hdrLen := s.ipLen + s.tcpLen
+	if f.segs == 1 && !s.v6 {
+		// The second segment decides whether the IDs stay fixed
+		// (inet_gro_flush's ip_fixedid).
+		f.fixedID = s.hdr[4] == f.hdr[4] && s.hdr[5] == f.hdr[5]
+	}
 	if r.pkt != nil {
 		// The headers are contiguous already, so Consume copies nothing.
 		r.pkt.Data().Consume(hdrLen)
@@ -136,7 +199,7 @@ func finalize(f *session) {
 		return
 	}
 	if f.v6 {
-		header.IPv6(f.hdr).SetPayloadLength(uint16(f.tcpLen + f.payload))
+		header.IPv6(f.hdr).SetPayloadLength(uint16(f.ipLen - header.IPv6MinimumSize + f.tcpLen + f.payload))
 	} else {
 		header.IPv4(f.hdr).SetTotalLength(uint16(f.ipLen + f.tcpLen + f.payload))
 	}

@@ -233,13 +233,7 @@ func parseIPv6(r *packetRef, size int, s *segment) verdict {
 		return verdictPass
 	}
 	ip := header.IPv6(b)
-	if nh := ip.NextHeader(); nh != uint8(header.TCPProtocolNumber) {
-		s.reason = cPassNotTCP
-		if isIPv6ExtensionHeader(nh) {
-			s.reason = cPassIPOptions
-		}
-		return verdictPass
-	}
+	total := header.IPv6MinimumSize + int(ip.PayloadLength())
 	s.v6 = true
 	s.ipLen = header.IPv6MinimumSize
 	s.tos, _ = ip.TOS()
@@ -247,7 +241,84 @@ func parseIPv6(r *packetRef, size int, s *segment) verdict {
 	s.key = flowKey{proto: 6}
 	copy(s.key.src[:], b[8:24])
 	copy(s.key.dst[:], b[24:40])
-	return parseTCP(r, header.IPv6MinimumSize+int(ip.PayloadLength()), size, s)
+	nh := ip.NextHeader()
+	if nh != uint8(header.TCPProtocolNumber) {
+		var v verdict
+		if nh, v = parseIPv6Extensions(r, nh, total, s); v != verdictCandidate {
+			return v
+		}
+	}
+	return parseTCP(r, total, size, s)
+}
+
+// maxIPv6Extensions bounds the extension headers walked before TCP. A
+// packet carries one or two; one with more passes through.
+const maxIPv6Extensions = 8
+
+// parseIPv6Extensions walks the Hop-by-Hop, Routing and Destination Options
+// headers from the one named nh on, as Linux's ipv6_gro_receive skips them
+// (ipv6_gso_pull_exthdrs) and gVisor's dispatch6 does, and sets s.ipLen
+// past them. Segments whose headers are byte-identical merge (classify);
+// the merged packet carries them once, and netstack processes them once,
+// as it processes them for each segment. It returns verdictCandidate when
+// TCP follows.
+func parseIPv6Extensions(r *packetRef, nh uint8, total int, s *segment) (uint8, verdict) {
+	for range maxIPv6Extensions {
+		switch nh {
+		case uint8(header.TCPProtocolNumber):
+			return nh, verdictCandidate
+		case ipv6HopByHop, ipv6Routing, ipv6DestOptions:
+		case ipv6Fragment:
+			return nh, parseIPv6Fragment(r, total, s)
+		default:
+			s.reason = cPassNotTCP
+			if isIPv6ExtensionHeader(nh) {
+				s.reason = cPassIPOptions
+			}
+			return nh, verdictPass
+		}
+		off := s.ipLen
+		b, ok := r.pullUp(off + 8)
+		if !ok || off+8 > total {
+			s.reason = cPassMalformed
+			return nh, verdictPass
+		}
+		// A routing header with segments left is not for this node yet:
+		// netstack discards it (RFC 8200 4.4), and its TCP checksum
+		// covers a destination that is not in the IPv6 header.
+		if nh == ipv6Routing && b[off+3] != 0 {
+			s.reason = cPassIPOptions
+			return nh, verdictPass
+		}
+		nh, s.ipLen = b[off], off+(int(b[off+1])+1)*8
+	}
+	if nh == uint8(header.TCPProtocolNumber) {
+		return nh, verdictCandidate
+	}
+	s.reason = cPassIPOptions
+	return nh, verdictPass
+}
+
+// parseIPv6Fragment names the flow of a first fragment by its ports, as
+// parseFragment does for IPv4: the flow's held packet goes up first. Even
+// an atomic fragment (RFC 6946) passes, as in Linux, whose GRO has no
+// handler for the fragment header (gro.c ip_frag6).
+func parseIPv6Fragment(r *packetRef, total int, s *segment) verdict {
+	s.reason = cPassFragment
+	off := s.ipLen
+	b, ok := r.pullUp(off + 8 + 4)
+	if !ok || off+8+4 > total {
+		return verdictPass
+	}
+	if binary.BigEndian.Uint16(b[off+2:])>>3 != 0 || b[off] != uint8(header.TCPProtocolNumber) {
+		return verdictPass
+	}
+	s.hdr = b
+	s.ipLen = off + 8
+	s.fragment = true
+	s.key.ports = binary.BigEndian.Uint32(b[s.ipLen:])
+	s.key.link = r.linkID()
+	return verdictPassFlow
 }
 
 // parseTCP parses the TCP header that follows s.ipLen bytes of IP header in
@@ -290,10 +361,11 @@ func classifySegment(s *segment, total, size int) verdict {
 		s.reason = cPassIPOptions
 		return verdictPassFlow
 	}
-	// Only data segments with ACK and none of SYN/FIN/RST/URG/ECE/CWR
-	// (lro_tcp_ip_check; CWR ends a run as in tcp_gro_receive).
+	// Only data segments with ACK and none of SYN/FIN/RST/URG
+	// (lro_tcp_ip_check, and tcp_gro_receive's final check). ECE and
+	// CWR depend on the mode: see refusesECN.
 	const refused = header.TCPFlagSyn | header.TCPFlagFin | header.TCPFlagRst |
-		header.TCPFlagUrg | header.TCPFlagEce | header.TCPFlagCwr
+		header.TCPFlagUrg
 	if s.payload == 0 || s.flags&header.TCPFlagAck == 0 || s.flags&refused != 0 {
 		s.reason = cPassTCPFlags
 		return verdictPassFlow
@@ -330,6 +402,14 @@ func parseTimestamp(s *segment) bool {
 	}
 	return false
 }
+
+// IPv6 extension headers (RFC 8200 4.1).
+const (
+	ipv6HopByHop    = 0
+	ipv6Routing     = 43
+	ipv6Fragment    = 44
+	ipv6DestOptions = 60
+)
 
 // isIPv6ExtensionHeader reports whether nh names an IPv6 extension header
 // (RFC 8200 4.1, plus AH and ESP, which also precede TCP).

@@ -75,6 +75,7 @@ type session struct {
 	payload    int    // TCP payload bytes in pkt
 	maxPayload int    // payload limit of pkt
 	mss        int    // payload of the first segment
+	fixedID    bool   // IPv4: the segments' IDs are all equal (Linux's ip_fixedid)
 	sum        uint16 // ones' complement sum of the payload so far
 	nextSeq    uint32
 	ack        uint32

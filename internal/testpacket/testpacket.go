@@ -43,6 +43,41 @@ type TCP struct {
 	IPOptions        []byte // IPv4 options (a multiple of 4 bytes)
 	Padding          int    // bytes appended past the IP length
 	FlowLabel        uint32
+	DontFragment     bool      // IPv4 DF
+	Urgent           uint16    // TCP urgent pointer
+	IPv6Ext          []IPv6Ext // IPv6 extension headers, in order, before TCP
+}
+
+// IPv6Ext is one IPv6 extension header (RFC 8200 4): its type (the next
+// header value that names it) and the bytes after its next-header and
+// length fields. Bytes builds the two fields and pads Body with zeros
+// (Pad1 options) to a multiple of 8 bytes in all.
+type IPv6Ext struct {
+	Type uint8
+	Body []byte
+}
+
+// IPv6 extension header types (RFC 8200 4.1).
+const (
+	IPv6HopByHop    = 0
+	IPv6Routing     = 43
+	IPv6Fragment    = 44
+	IPv6DestOptions = 60
+)
+
+// bytes returns the header with next as its next header.
+func (x IPv6Ext) bytes(next uint8) []byte {
+	n := (len(x.Body) + 2 + 7) &^ 7
+	if x.Type == IPv6Fragment {
+		n = 8 // its second byte is reserved, not a length
+	}
+	b := make([]byte, n)
+	b[0] = next
+	if x.Type != IPv6Fragment {
+		b[1] = uint8(n/8 - 1)
+	}
+	copy(b[2:], x.Body)
+	return b
 }
 
 func (t *TCP) defaults() {
@@ -89,8 +124,16 @@ func (t TCP) Bytes() []byte {
 	}
 	tcpLen := header.TCPMinimumSize + len(opts)
 	ipLen := header.IPv4MinimumSize + len(t.IPOptions)
+	var ext []byte
+	firstNext := uint8(header.TCPProtocolNumber)
 	if t.V6 {
-		ipLen = header.IPv6MinimumSize
+		next := uint8(header.TCPProtocolNumber)
+		for i := len(t.IPv6Ext) - 1; i >= 0; i-- {
+			ext = append(t.IPv6Ext[i].bytes(next), ext...)
+			next = t.IPv6Ext[i].Type
+		}
+		firstNext = next
+		ipLen = header.IPv6MinimumSize + len(ext)
 	}
 	total := ipLen + tcpLen + len(t.Payload)
 	b := make([]byte, total+t.Padding)
@@ -101,16 +144,20 @@ func (t TCP) Bytes() []byte {
 		header.IPv6(b).Encode(&header.IPv6Fields{
 			TrafficClass:      t.TOS,
 			FlowLabel:         t.FlowLabel,
-			PayloadLength:     uint16(tcpLen + len(t.Payload)),
-			TransportProtocol: header.TCPProtocolNumber,
+			PayloadLength:     uint16(len(ext) + tcpLen + len(t.Payload)),
+			TransportProtocol: tcpip.TransportProtocolNumber(firstNext),
 			HopLimit:          t.TTL,
 			SrcAddr:           t.Src,
 			DstAddr:           t.Dst,
 		})
+		copy(b[header.IPv6MinimumSize:], ext)
 	} else {
 		var flags uint8
 		if t.MoreFragments {
 			flags = header.IPv4FlagMoreFragments
+		}
+		if t.DontFragment {
+			flags |= header.IPv4FlagDontFragment
 		}
 		ip := header.IPv4(b)
 		ip.Encode(&header.IPv4Fields{
@@ -132,13 +179,14 @@ func (t TCP) Bytes() []byte {
 	}
 	tcp := header.TCP(b[ipLen:])
 	tcp.Encode(&header.TCPFields{
-		SrcPort:    t.SrcPort,
-		DstPort:    t.DstPort,
-		SeqNum:     t.Seq,
-		AckNum:     t.Ack,
-		DataOffset: uint8(tcpLen),
-		Flags:      t.Flags,
-		WindowSize: t.Window,
+		SrcPort:       t.SrcPort,
+		DstPort:       t.DstPort,
+		SeqNum:        t.Seq,
+		AckNum:        t.Ack,
+		DataOffset:    uint8(tcpLen),
+		Flags:         t.Flags,
+		WindowSize:    t.Window,
+		UrgentPointer: t.Urgent,
 	})
 	copy(tcp[header.TCPMinimumSize:], opts)
 	copy(b[ipLen+tcpLen:], t.Payload)
@@ -164,10 +212,44 @@ func SetTCPChecksum(pkt []byte, v6 bool) {
 func addrs(pkt []byte, v6 bool) (src, dst tcpip.Address, ipLen int) {
 	if v6 {
 		ip := header.IPv6(pkt)
-		return ip.SourceAddress(), ip.DestinationAddress(), header.IPv6MinimumSize
+		n, _, _ := IPv6HeaderLen(pkt)
+		return ip.SourceAddress(), ip.DestinationAddress(), n
 	}
 	ip := header.IPv4(pkt)
 	return ip.SourceAddress(), ip.DestinationAddress(), int(ip.HeaderLength())
+}
+
+// IPv6HeaderLen walks the Hop-by-Hop, Routing and Destination Options
+// headers of the IPv6 packet pkt and returns the length of the IPv6
+// header with them, the protocol that follows, and false if pkt ends
+// inside them.
+func IPv6HeaderLen(pkt []byte) (int, uint8, bool) {
+	n := header.IPv6MinimumSize
+	if len(pkt) < n {
+		return n, 0, false
+	}
+	next := pkt[6]
+	for {
+		switch next {
+		case IPv6HopByHop, IPv6Routing, IPv6DestOptions:
+		default:
+			return n, next, true
+		}
+		if len(pkt) < n+2 {
+			return n, next, false
+		}
+		next, n = pkt[n], n+(int(pkt[n+1])+1)*8
+		if len(pkt) < n {
+			return n, next, false
+		}
+	}
+}
+
+// IPHeaderLen returns the length of the IP header of pkt, with IPv4
+// options or IPv6 extension headers.
+func IPHeaderLen(pkt []byte) int {
+	_, _, n := addrs(pkt, len(pkt) > 0 && pkt[0]>>4 == 6)
+	return n
 }
 
 // Check verifies an IPv4 or IPv6 TCP packet: lengths, the IPv4 header
@@ -183,11 +265,14 @@ func Check(pkt []byte) (header.TCP, []byte, error) {
 		if !ip.IsValid(len(pkt)) {
 			return nil, nil, fmt.Errorf("invalid IPv6 header")
 		}
-		// Extension headers are not expected here: the next header is TCP.
-		if tcpip.TransportProtocolNumber(ip.NextHeader()) != header.TCPProtocolNumber {
+		n, next, ok := IPv6HeaderLen(pkt)
+		if !ok {
+			return nil, nil, fmt.Errorf("truncated IPv6 extension headers")
+		}
+		if tcpip.TransportProtocolNumber(next) != header.TCPProtocolNumber {
 			return nil, nil, fmt.Errorf("not TCP")
 		}
-		ipLen, total = header.IPv6MinimumSize, header.IPv6MinimumSize+int(ip.PayloadLength())
+		ipLen, total = n, header.IPv6MinimumSize+int(ip.PayloadLength())
 	} else {
 		ip := header.IPv4(pkt)
 		if !ip.IsValid(len(pkt)) {
