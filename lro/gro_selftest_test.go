@@ -404,7 +404,8 @@ func fmtSizes(s []int) string {
 // prints the answers, with gVisor's GRO's on the same packets, as a
 // markdown table.
 func TestGROSelftest(t *testing.T) {
-	var table []string
+	type groRow struct{ name, proto, answer string }
+	var table []groRow
 	for _, c := range groCases {
 		for _, v6 := range []bool{false, true} {
 			if (v6 && c.v4only) || (!v6 && c.v6only) {
@@ -437,14 +438,21 @@ func TestGROSelftest(t *testing.T) {
 					})
 				}
 			}
-			gvs := groTrace(runGVisorGRO(all))
-			table = append(table, fmt.Sprintf("| %s | %s | %s | %s | %s | %s |", c.name, proto,
-				fmtSizes(linux), fmtSizes(answers[0]), fmtSizes(answers[1]), gvs))
+			answer := fmt.Sprintf("%s | %s | %s | %s |", fmtSizes(linux), fmtSizes(answers[0]), fmtSizes(answers[1]),
+				groTrace(runGVisorGRO(all)))
+			// One row for both IP versions where they answer alike.
+			if n := len(table); n > 0 && table[n-1].name == c.name && table[n-1].answer == answer {
+				table[n-1].proto += ", " + proto
+				continue
+			}
+			table = append(table, groRow{c.name, proto, answer})
 		}
 	}
 	if *groTable {
 		fmt.Println("| gro.c case | IP | Linux (gro.c) | netlro default | netlro Resegmentable | gVisor GRO |")
 		fmt.Println("| --- | --- | --- | --- | --- | --- |")
-		fmt.Println(strings.Join(table, "\n"))
+		for _, r := range table {
+			fmt.Printf("| %s | %s | %s\n", r.name, r.proto, r.answer)
+		}
 	}
 }
