@@ -168,7 +168,7 @@ var groCases = []groCase{
 		}},
 	{name: "flags_psh", linux: sizes(300, 200),
 		send:    func(g groSender) [][]byte { return g.flags(header.TCPFlagPsh) },
-		inetLRO: sizes(500), lroRule: "inet_lro aggregates PSH (lro_add_common) and ends no merge for it"},
+		inetLRO: sizes(500), lroRule: "inet_lro merges PSH segments (lro_tcp_ip_check does not refuse PSH) and ends no merge for it"},
 	{name: "flags_syn", linux: sizes(200, 0, 200), send: func(g groSender) [][]byte { return g.flags(header.TCPFlagSyn) }},
 	{name: "flags_rst", linux: sizes(200, 0, 200), send: func(g groSender) [][]byte { return g.flags(header.TCPFlagRst) }},
 	{name: "flags_urg", linux: sizes(200, 0, 200), send: func(g groSender) [][]byte { return g.flags(header.TCPFlagUrg) }},
@@ -195,7 +195,7 @@ var groCases = []groCase{
 			}
 			return out
 		},
-		inetLRO: sizes(300, 100, 100), lroRule: "inet_lro merges a newer TSval (lro_tcp_ip_check: after())"},
+		inetLRO: sizes(300, 100, 100), lroRule: "inet_lro merges a newer TSval (lro_tcp_ip_check: after()); netlro does not keep its refusal of a zero TSecr"},
 	{name: "tcp_opt", linux: sizes(200, 100),
 		send: func(g groSender) [][]byte {
 			ts := func(t *testpacket.TCP) { t.Options = tsOpts(0, 0) }
@@ -421,16 +421,16 @@ func TestGROSelftest(t *testing.T) {
 			linux := c.linux(v6)
 			var answers [2][]int
 			for m, reseg := range []bool{false, true} {
-				want := linux
+				want, rule := linux, "Linux GRO"
 				if !reseg && c.inetLRO != nil {
-					want = c.inetLRO(v6)
+					want, rule = c.inetLRO(v6), c.lroRule
 				}
 				for _, p := range []path{viaPacket, viaFragments} {
 					t.Run(fmt.Sprintf("%s/%s/resegmentable=%v/%s", c.name, proto, reseg, p), func(t *testing.T) {
 						out := runNetlro(t, Config{Resegmentable: reseg}, p, all)
 						got, after := groReceived(out)
 						answers[m] = got
-						assert.Equal(t, want, got, "payload sizes up to the FIN (gro.c %s)", c.name)
+						assert.Equal(t, want, got, "payload sizes up to the FIN (gro.c %s; %s)", c.name, rule)
 						assert.False(t, after, "nothing after the FIN")
 						if reseg {
 							require.NoError(t, checkResegmentable(all, out))
