@@ -45,17 +45,24 @@ func TestSenderLinkPushesBack(t *testing.T) {
 		n := 0
 		b := make([]byte, 2*size)
 		for n < burst {
+			// Look at wrote before the read, not after: a read that found
+			// the socket empty may have raced with the writer's last
+			// packets, and only a read after the writer is done can say
+			// that nothing is left.
+			var done bool
+			select {
+			case <-wrote:
+				done = true
+			default:
+			}
 			if _, err := unix.Read(fds[1], b); err == nil {
 				n++
 				continue
 			}
-			select {
-			case <-wrote: // and nothing left to read
-				read <- n
-				return
-			default:
-				runtime.Gosched()
+			if done {
+				break
 			}
+			runtime.Gosched()
 		}
 		read <- n
 	}()
