@@ -44,7 +44,7 @@ type Options struct {
 	Address tcpip.LinkAddress
 
 	// BatchSize is the most frames read in one batch, and so the most
-	// delivered between two calls to lro.Flusher.Flush. 0 means
+	// delivered between two calls to rxbatch.Flusher.Flush. 0 means
 	// DefaultBatchSize.
 	BatchSize int
 

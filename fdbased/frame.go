@@ -6,7 +6,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
-	"github.com/netlro/netlro/lro"
+	"github.com/netlro/netlro/rxbatch"
 )
 
 // verdict is what parseFrame decided about a frame.
@@ -27,8 +27,8 @@ const (
 // batch, under the endpoint's lock, and uses it without the lock.
 type target struct {
 	d        stack.NetworkDispatcher
-	frag     lro.FragmentDispatcher // d, if it takes views
-	flush    lro.Flusher            // d, if it wants batch ends
+	frag     rxbatch.FragmentDispatcher // d, if it takes views
+	flush    rxbatch.Flusher            // d, if it wants batch ends
 	addr     tcpip.LinkAddress
 	maxFrame int // link header + MTU
 	rxValid  bool
@@ -36,7 +36,7 @@ type target struct {
 
 // loadTarget reads the dispatcher and the receive settings for one batch
 // of receive queue queue. A dispatcher with per-queue engines
-// (lro.MultiQueue) gets each fd's frames on that fd's own engine, whose
+// (rxbatch.MultiQueue) gets each fd's frames on that fd's own engine, whose
 // Flush ends only its own sessions, as each NAPI context has its own GRO
 // list.
 func (e *Endpoint) loadTarget(t *target, queue int) {
@@ -50,11 +50,11 @@ func (e *Endpoint) loadTarget(t *target, queue int) {
 	t.addr = e.addr
 	t.maxFrame = e.hdrSize + int(e.mtu)
 	e.mu.RUnlock()
-	if mq, ok := t.d.(lro.MultiQueue); ok {
+	if mq, ok := t.d.(rxbatch.MultiQueue); ok {
 		t.d = mq.Queue(queue)
 	}
-	t.frag, _ = t.d.(lro.FragmentDispatcher)
-	t.flush, _ = t.d.(lro.Flusher)
+	t.frag, _ = t.d.(rxbatch.FragmentDispatcher)
+	t.flush, _ = t.d.(rxbatch.Flusher)
 	t.rxValid = e.caps&stack.CapabilityRXChecksumOffload != 0
 }
 

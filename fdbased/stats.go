@@ -14,7 +14,7 @@ type Stats struct {
 	// An oversized frame counts the bytes that were read of it.
 	Bytes uint64
 	// Batches is the number of batches that read at least one frame. Each
-	// ended with one call to lro.Flusher.Flush when the dispatcher is one.
+	// ended with one call to rxbatch.Flusher.Flush when the dispatcher is one.
 	Batches uint64
 
 	// DroppedRunt counts frames shorter than the link header plus a

@@ -141,7 +141,7 @@ func BenchmarkParallelDeliverers(b *testing.B) {
 			for w := range workers {
 				q := e
 				if mode == "queues" {
-					q = e.Queue(w)
+					q = e.queue(w)
 				}
 				wg.Go(func() {
 					held := make([]buffer.Buffer, len(traces[w].pkts))

@@ -312,11 +312,12 @@ func TestConcurrentDeliverers(t *testing.T) {
 func TestQueues(t *testing.T) {
 	rec := &recorder{}
 	e := newEngine(t, rec, Config{})
-	q0, q1, q2 := e.Queue(0), e.Queue(1), e.Queue(2)
+	q0, q1, q2 := e.queue(0), e.queue(1), e.queue(2)
 	require.NotSame(t, e, q0, "queue 0 has a table of its own, so its Flush ends only its sessions")
-	require.Same(t, q0, e.Queue(0))
-	require.Same(t, q1, e.Queue(1))
-	require.Same(t, q2, q1.Queue(2), "a queue's Queue is its engine's")
+	require.Same(t, q0, e.queue(0))
+	require.Same(t, q1, e.queue(1))
+	require.Same(t, q2, q1.queue(2), "a queue's Queue is its engine's")
+	require.Same(t, q1, e.Queue(1), "Queue is queue as a stack.NetworkDispatcher")
 	a := stream(testpacket.TCP{SrcPort: 1}, []int{100}, 3, nil)
 	b := stream(testpacket.TCP{SrcPort: 2}, []int{100}, 3, nil)
 	c := stream(testpacket.TCP{SrcPort: 3}, []int{100}, 3, nil)
@@ -338,7 +339,7 @@ func TestQueues(t *testing.T) {
 	feed(q2, viaPacket, a[0])
 	e.Close()
 	assert.Equal(t, 1, len(rec.take()), "Close flushes every queue")
-	feed(e.Queue(3), viaPacket, a[1])
+	feed(e.queue(3), viaPacket, a[1])
 	assert.Equal(t, 1, len(rec.take()), "a queue made after Close holds nothing")
 	assert.Zero(t, e.Stats().Held())
 }
@@ -354,7 +355,7 @@ func TestQueuesConcurrent(t *testing.T) {
 		port := uint16(3000 + w)
 		want[port] = testpacket.Payload(uint64(w), 200*700)
 		segs := testpacket.Segments(testpacket.TCP{V6: w == 1, SrcPort: port}, want[port], 700)
-		q := e.Queue(w)
+		q := e.queue(w)
 		wg.Go(func() {
 			for i, b := range segs {
 				feed(q, path(i%2), b)
@@ -384,13 +385,13 @@ func TestCloseWhileQueuesAreMade(t *testing.T) {
 		var wg sync.WaitGroup
 		wg.Go(func() {
 			for i := range 8 {
-				e.Queue(i)
+				e.queue(i)
 			}
 		})
 		wg.Go(e.Close)
 		wg.Wait()
 		for i := range 8 {
-			feed(e.Queue(i), viaPacket, seg)
+			feed(e.queue(i), viaPacket, seg)
 		}
 		require.Zero(t, e.Stats().Held(), "a queue made during Close holds a packet")
 		require.Len(t, rec.take(), 8)
