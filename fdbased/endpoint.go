@@ -153,18 +153,14 @@ var (
 	_ stack.GSOEndpoint  = (*Endpoint)(nil)
 )
 
-// New returns an Endpoint over opts.FDs as a stack.LinkEndpoint. It makes
-// the fds non-blocking and checks that each is a datagram, seqpacket or raw
-// socket or a non-socket such as a TAP device; a stream socket is refused
-// because it does not keep frame boundaries. Reading starts when Attach is
-// called. On platforms other than Linux it returns an error wrapping
+// New returns an Endpoint over opts.FDs. It makes the fds non-blocking and
+// checks that each is a datagram, seqpacket or raw socket or a non-socket
+// such as a TAP device; a stream socket is refused because it does not
+// keep frame boundaries. Reading starts when Attach is called. On
+// platforms other than Linux it returns an error wrapping
 // errors.ErrUnsupported.
-func New(opts *Options) (stack.LinkEndpoint, error) {
-	e, err := newEndpoint(opts)
-	if err != nil {
-		return nil, err
-	}
-	return e, nil
+func New(opts *Options) (*Endpoint, error) {
+	return newEndpoint(opts)
 }
 
 // MTU implements stack.LinkEndpoint.MTU.

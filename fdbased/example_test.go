@@ -70,7 +70,7 @@ func Example() {
 	ep.Close()
 	ep.Wait()
 
-	s := ep.(*fdbased.Endpoint).Stats()
+	s := ep.Stats()
 	fmt.Printf("%d frames, %d batch, %.0f frames per batch\n", s.Frames, s.Batches, s.MeanBatch())
 	// Output:
 	// frame: 60 bytes of 0x0800

@@ -44,9 +44,8 @@ func socketPairs(t testing.TB, n int) (ours, peers []int) {
 // for when the test ends.
 func newTestEndpoint(t testing.TB, opts *Options) *Endpoint {
 	t.Helper()
-	le, err := New(opts)
+	e, err := New(opts)
 	require.NoError(t, err)
-	e := le.(*Endpoint)
 	t.Cleanup(func() {
 		e.Close()
 		e.Wait()

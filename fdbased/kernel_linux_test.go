@@ -311,9 +311,8 @@ func newKernelStack(t *testing.T, kl kernelLink, withLRO bool) kernelStack {
 	ip(t, "-n", ns, "link", "set", "lo", "up")
 	fds := kl.open(t, ns, nsFD)
 
-	le, err := New(&Options{FDs: fds, MTU: 1500, EthernetHeader: kl.ethernet, Address: ourMAC, RXChecksumOffload: kl.rxOffload, IOUring: kl.iouring, VNetHdr: kl.vnet})
+	ep, err := New(&Options{FDs: fds, MTU: 1500, EthernetHeader: kl.ethernet, Address: ourMAC, RXChecksumOffload: kl.rxOffload, IOUring: kl.iouring, VNetHdr: kl.vnet})
 	require.NoError(t, err)
-	ep := le.(*Endpoint)
 	require.Equal(t, kl.isSocket, ep.sys.links[0].isSocket, "read with recvmmsg if and only if a socket")
 	if len(fds) > 1 {
 		// One PACKET_FANOUT_HASH group for all, so that a flow stays

@@ -247,7 +247,7 @@ func (p *tapPair) link(i int, iouring bool) (*tdLink, error) {
 		rx:       rx,
 		peer:     peer,
 		ethernet: true,
-		ours:     rx.(*fdbased.Endpoint),
+		ours:     rx,
 		release: func(hung bool) error {
 			if hung {
 				// Left open to what hung; the next iteration
@@ -301,11 +301,10 @@ func probeURing() error {
 	}
 	defer unix.Close(p[1])
 	defer unix.Close(p[0])
-	le, err := fdbased.New(&fdbased.Options{FDs: []int{p[0]}, MTU: tdMTU, IOUring: true})
+	e, err := fdbased.New(&fdbased.Options{FDs: []int{p[0]}, MTU: tdMTU, IOUring: true})
 	if err != nil {
 		return err
 	}
-	e := le.(*fdbased.Endpoint)
 	e.Attach(discardDispatcher{})
 	defer func() {
 		e.Close()

@@ -163,7 +163,7 @@ func NewLink(m Mode, opts LinkOptions) (*Link, error) {
 	if err != nil {
 		return nil, fmt.Errorf("iperf: %s: fdbased: %w", m, err)
 	}
-	l := &Link{Endpoint: ep, fd: ep.(*fdbased.Endpoint)}
+	l := &Link{Endpoint: ep, fd: ep}
 	cfg, ok := m.LROConfig()
 	if !ok {
 		return l, nil
