@@ -69,12 +69,6 @@ type Config struct {
 	// per packet. 0 means DefaultFlushDelay; negative means never, for a
 	// lower endpoint that always ends its batches with Flush.
 	FlushDelay time.Duration
-	// LowerChecksumOffload says that the lower endpoint verified the
-	// checksums of every packet it delivers, as a link endpoint reporting
-	// stack.CapabilityRXChecksumOffload does; packets it delivers as
-	// fragments, which carry no RXChecksumValidated flag, are then trusted
-	// too. lroendpoint sets it from the lower endpoint's capabilities.
-	LowerChecksumOffload bool
 	// Shards is the number of independently locked parts of the flow
 	// table, rounded up to a power of two. 0 means one per CPU where each
 	// shard then holds at least 16 sessions, else one. Each shard holds
@@ -82,6 +76,14 @@ type Config struct {
 	Shards int
 	// Clock runs the flush timer. nil means the system clock.
 	Clock tcpip.Clock
+
+	// lowerVerified says that the lower endpoint verified the checksums
+	// of every packet it delivers, as a link endpoint reporting
+	// stack.CapabilityRXChecksumOffload does; packets it delivers as
+	// fragments, which carry no RXChecksumValidated flag, are then trusted
+	// too. New sets it when next says so (rxtrust.Lower), as lroendpoint's
+	// dispatcher does from the lower endpoint's capabilities.
+	lowerVerified bool
 }
 
 // withDefaults returns c with zero fields set, or an error naming the bad

@@ -10,6 +10,8 @@ import (
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/netlro/netlro/internal/rxtrust"
 )
 
 // Engine merges in-order TCP segments on their way from a link endpoint to
@@ -47,6 +49,9 @@ func New(next stack.NetworkDispatcher, cfg Config) (*Engine, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
+	}
+	if l, ok := next.(rxtrust.Lower); ok {
+		cfg.lowerVerified = l.LowerVerifiesChecksums()
 	}
 	return build(next, cfg), nil
 }
@@ -127,7 +132,7 @@ func (e *Engine) handle(proto tcpip.NetworkProtocolNumber, r *packetRef) {
 
 // validated reports whether the lower endpoint verified r's checksums.
 func (e *Engine) validated(r *packetRef) bool {
-	return e.cfg.LowerChecksumOffload || (r.pkt != nil && r.pkt.RXChecksumValidated)
+	return e.cfg.lowerVerified || (r.pkt != nil && r.pkt.RXChecksumValidated)
 }
 
 // pass delivers a packet that belongs to no session, after the checks that

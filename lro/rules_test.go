@@ -241,8 +241,8 @@ func TestChecksumOffsets(t *testing.T) {
 }
 
 // TestValidatedByLowerEndpoint: a lower endpoint that validated checksums
-// is trusted, by the packet flag or by Config.LowerChecksumOffload for
-// fragments, even when the sender's offload left only the pseudo-header
+// is trusted, by the packet flag or, for fragments, by rxtrust.Lower on
+// the dispatcher, even when the sender's offload left only the pseudo-header
 // sum in the TCP checksum field (Linux CHECKSUM_PARTIAL); the merged
 // packet still carries a correct checksum.
 func TestValidatedByLowerEndpoint(t *testing.T) {
@@ -262,7 +262,8 @@ func TestValidatedByLowerEndpoint(t *testing.T) {
 			t.Run(fmt.Sprintf("v6=%v/%s", v6, p), func(t *testing.T) {
 				in := stream(testpacket.TCP{V6: v6, TS: true}, []int{1447, 1448}, 5, nil)
 				rec := &recorder{}
-				e := newEngine(t, rec, Config{LowerChecksumOffload: p == viaFragments})
+				e := newEngine(t, below(rec, p == viaFragments), Config{})
+				require.Equal(t, p == viaFragments, e.cfg.lowerVerified)
 				for _, b := range in {
 					b = partial(b)
 					if p == viaFragments {

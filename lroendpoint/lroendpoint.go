@@ -9,6 +9,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
+	"github.com/netlro/netlro/internal/rxtrust"
 	"github.com/netlro/netlro/lro"
 )
 
@@ -51,17 +52,14 @@ var (
 	_ stack.LinkEndpoint = (*Endpoint)(nil)
 	_ stack.GSOEndpoint  = (*Endpoint)(nil)
 	_ lro.Flusher        = (*Endpoint)(nil)
+	_ rxtrust.Lower      = (*upper)(nil)
 )
 
 // New wraps lower with an engine configured by cfg. If lower reports
-// stack.CapabilityRXChecksumOffload, the engine trusts its checksums
-// (lro.Config.LowerChecksumOffload).
+// stack.CapabilityRXChecksumOffload, the engine trusts its checksums.
 func New(lower stack.LinkEndpoint, cfg lro.Config) (*Endpoint, error) {
 	e := &Endpoint{lower: lower, claim: cfg.ClaimChecksumOffload}
 	e.gate.init()
-	if lower.Capabilities()&stack.CapabilityRXChecksumOffload != 0 {
-		cfg.LowerChecksumOffload = true
-	}
 	engine, err := lro.New((*upper)(e), cfg)
 	if err != nil {
 		return nil, err
@@ -248,6 +246,14 @@ func (u *upper) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *sta
 		d.DeliverNetworkPacket(proto, pkt)
 		u.gate.leave()
 	}
+}
+
+// LowerVerifiesChecksums implements rxtrust.Lower, which lro.New asks:
+// packets from a lower endpoint that reports
+// stack.CapabilityRXChecksumOffload were verified, those it hands over as
+// views included.
+func (u *upper) LowerVerifiesChecksums() bool {
+	return u.lower.Capabilities()&stack.CapabilityRXChecksumOffload != 0
 }
 
 // DeliverLinkPacket implements stack.NetworkDispatcher.
