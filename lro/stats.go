@@ -81,7 +81,9 @@ func (s Stats) String() string {
 	return b.String()
 }
 
-// counter names one per-shard counter.
+// counter names one per-shard counter. The constants follow the order of
+// Stats's fields, and so does Stats.pointers: TestStatsOrder holds the
+// three together.
 type counter uint8
 
 const (
@@ -126,7 +128,7 @@ func (s *Stats) add(o Stats) {
 	}
 }
 
-// pointers returns s's fields in counter order.
+// pointers returns s's fields in counter order (TestStatsOrder).
 func (s *Stats) pointers() [numCounters]*uint64 {
 	return [numCounters]*uint64{
 		&s.PacketsIn, &s.PacketsOut, &s.SegmentsMerged, &s.MergedPackets,
