@@ -9,24 +9,25 @@
 // up to Options.BatchSize frames (NAPI's budget), into views from gVisor's
 // buffer pool, one view per frame, and then:
 //
-//   - if the attached dispatcher is an rxbatch.FragmentDispatcher, hands each
-//     frame over as a buffer.Buffer holding that one view ("receive in
-//     pages", inet_lro's lro_receive_frags), so no PacketBuffer is built for
-//     a segment that merges;
+//   - if the attached dispatcher is an rxbatch.FragmentDispatcher, hands
+//     each frame over as a buffer.Buffer holding that one view ("receive
+//     in pages", inet_lro's lro_receive_frags), so no PacketBuffer is built
+//     for a segment that merges;
 //   - otherwise builds a PacketBuffer exactly as gVisor's fdbased does and
 //     calls DeliverNetworkPacket;
-//   - at the end of the batch, if the dispatcher is an rxbatch.Flusher, calls
-//     Flush once (inet_lro's lro_flush_all at the end of a NAPI poll).
+//   - at the end of the batch, if the dispatcher is an rxbatch.Flusher,
+//     calls Flush once (inet_lro's lro_flush_all at the end of a NAPI
+//     poll).
 //
-// With several fds, each read by its own goroutine, a dispatcher that is an
-// rxbatch.MultiQueue (the engine under lroendpoint) gets fd i's frames on its
-// Queue(i): each fd has a flow table of its own and ends only its own
-// sessions, as each NAPI context has its own GRO list.
+// With several fds, each read by its own goroutine, a dispatcher that is
+// an rxbatch.MultiQueue (the engine under lroendpoint) gets fd i's frames
+// on its Queue(i): each fd has a flow table of its own and ends only its
+// own sessions, as each NAPI context has its own GRO list.
 //
-// The data path:
+// The data path, one batch:
 //
-//	fd --recvmmsg/read--> views (one pooled chunk per frame)
-//	        --> parseFrame (oversized, runt, not for us, not IP: dropped and counted)
+//	fd --recvmmsg, read(2) or io_uring--> views (one pooled chunk per frame)
+//	        --> link header checks (oversized, runt, not for us, not IP: dropped and counted)
 //	        --> DeliverFragments or DeliverNetworkPacket, per frame
 //	        --> Flush, once per batch
 //

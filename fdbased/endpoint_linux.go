@@ -80,8 +80,7 @@ func newEndpoint(opts *Options) (*Endpoint, error) {
 	e.sys.tx.vnet, e.sys.tx.linkHdr = e.vnet, e.hdrSize
 	for i := range e.sys.links {
 		l := &e.sys.links[i]
-		l.r = newReader(e, l.fd, l.isSocket, stopFD, e.batchSize)
-		l.r.queue = i
+		l.r = newReader(e, l.fd, l.isSocket, i, stopFD, e.batchSize)
 	}
 	return e, nil
 }
@@ -243,7 +242,7 @@ func (e *Endpoint) shutdown() bool {
 func (e *Endpoint) stopLocked() {
 	e.mu.Lock()
 	e.dispatcher = nil
-	busy := e.inBatch.Load() > 0 // and no batch starts now: see loadTarget
+	busy := e.inBatch.Load() > 0 // and no batch starts now: see batch.start
 	e.mu.Unlock()
 	e.restart = false
 	if !e.running || e.stopped != nil {

@@ -9,76 +9,42 @@ import (
 	"github.com/netlro/netlro/rxbatch"
 )
 
-// verdict is what parseFrame decided about a frame.
-type verdict uint8
+// dropReason says why a frame is dropped; keep says it is not. Each reason
+// is counted in its own Stats field.
+type dropReason uint8
 
 const (
-	verdictDeliver    verdict = iota // hand it to the dispatcher
-	verdictRunt                      // shorter than link header + IPv4 header
-	verdictOversized                 // longer than link header + MTU, or truncated
-	verdictNotForUs                  // unicast to another MAC
-	verdictNotIP                     // no link header, IP version neither 4 nor 6
-	verdictDetached                  // read while dispatch was being stopped
-	verdictBadVNetHdr                // a virtio_net_hdr that cannot be applied
+	keep          dropReason = iota // hand it to the dispatcher
+	dropRunt                        // shorter than link header + IPv4 header
+	dropOversized                   // longer than link header + MTU, or truncated
+	dropNotForUs                    // unicast to another MAC
+	dropNotIP                       // no link header, IP version neither 4 nor 6
+	dropDetached                    // read while dispatch was being stopped
+	dropVNetHdr                     // a virtio_net_hdr that cannot be applied
+	numDropReasons
 )
-
-// target is where one batch goes: the dispatcher, its optional netlro
-// interfaces, and what parseFrame needs. A dispatch loop loads it once per
-// batch, under the endpoint's lock, and uses it without the lock.
-type target struct {
-	d        stack.NetworkDispatcher
-	frag     rxbatch.FragmentDispatcher // d, if it takes views
-	flush    rxbatch.Flusher            // d, if it wants batch ends
-	addr     tcpip.LinkAddress
-	maxFrame int // link header + MTU
-	rxValid  bool
-}
-
-// loadTarget reads the dispatcher and the receive settings for one batch
-// of receive queue queue. A dispatcher with per-queue engines
-// (rxbatch.MultiQueue) gets each fd's frames on that fd's own engine, whose
-// Flush ends only its own sessions, as each NAPI context has its own GRO
-// list.
-func (e *Endpoint) loadTarget(t *target, queue int) {
-	e.mu.RLock()
-	t.d = e.dispatcher
-	if t.d != nil {
-		// Counted under the lock that stopLocked takes to detach, so
-		// that it knows whether a batch may be inside netstack.
-		e.inBatch.Add(1)
-	}
-	t.addr = e.addr
-	t.maxFrame = e.hdrSize + int(e.mtu)
-	e.mu.RUnlock()
-	if mq, ok := t.d.(rxbatch.MultiQueue); ok {
-		t.d = mq.Queue(queue)
-	}
-	t.frag, _ = t.d.(rxbatch.FragmentDispatcher)
-	t.flush, _ = t.d.(rxbatch.Flusher)
-	t.rxValid = e.caps&stack.CapabilityRXChecksumOffload != 0
-}
 
 // parseFrame checks the link header of frame, the bytes a read returned,
 // and returns its network protocol, or why it must be dropped. hdrSize is
 // 0 or header.EthernetMinimumSize; truncated says the kernel had more of
 // the frame than it returned. It reads only within frame.
-func parseFrame(frame []byte, hdrSize, maxFrame int, truncated bool, addr tcpip.LinkAddress) (tcpip.NetworkProtocolNumber, verdict) {
+func parseFrame(frame []byte, hdrSize, maxFrame int, truncated bool, addr tcpip.LinkAddress) (tcpip.NetworkProtocolNumber, dropReason) {
 	if truncated || len(frame) > maxFrame {
-		return 0, verdictOversized
+		return 0, dropOversized
 	}
 	// The smallest packet worth a look is an IPv4 header; netstack checks
 	// the rest, as it does for frames from gVisor's fdbased.
 	if len(frame) < hdrSize+header.IPv4MinimumSize {
-		return 0, verdictRunt
+		return 0, dropRunt
 	}
 	if hdrSize == 0 {
 		switch header.IPVersion(frame) {
 		case header.IPv4Version:
-			return header.IPv4ProtocolNumber, verdictDeliver
+			return header.IPv4ProtocolNumber, keep
 		case header.IPv6Version:
-			return header.IPv6ProtocolNumber, verdictDeliver
+			return header.IPv6ProtocolNumber, keep
 		}
-		return 0, verdictNotIP
+		return 0, dropNotIP
 	}
 	eth := header.Ethernet(frame)
 	// As gVisor's parseInboundHeader: RFC 9542 2.1, a destination whose
@@ -86,56 +52,101 @@ func parseFrame(frame []byte, hdrSize, maxFrame int, truncated bool, addr tcpip.
 	// sent to everyone.
 	dst := frame[:header.EthernetAddressSize]
 	if string(dst) != string(addr) && dst[0]&0x01 == 0 {
-		return 0, verdictNotForUs
+		return 0, dropNotForUs
 	}
-	return eth.Type(), verdictDeliver
+	return eth.Type(), keep
 }
 
-// deliver hands the frame of n bytes read into v to t, or drops it and
-// counts why. truncated says the kernel cut the frame short. It returns
-// true if v was handed off, so the caller must read the next frame into a
-// new view; a dropped frame's view stays the caller's, as it was.
-func (e *Endpoint) deliver(t *target, v *buffer.View, n int, truncated bool, c *batchCount) bool {
+// batch is one batch of frames on its way to the dispatcher: start loads
+// where it goes, deliver hands over or drops each frame and counts it, and
+// end signals the batch end and adds the counts to the endpoint's. A
+// dispatch loop keeps one batch and reuses it, so that it is not
+// allocated.
+type batch struct {
+	e        *Endpoint
+	d        stack.NetworkDispatcher
+	frag     rxbatch.FragmentDispatcher // d, if it takes views
+	flush    rxbatch.Flusher            // d, if it wants batch ends
+	addr     tcpip.LinkAddress
+	maxFrame int // link header + MTU
+	rxValid  bool
+	c        batchCount
+}
+
+// start readies b for a batch of receive queue queue of e: it loads the
+// dispatcher and the receive settings once, under e's lock, for use
+// without the lock. A dispatcher with one dispatcher per queue
+// (rxbatch.MultiQueue, as the engine under lroendpoint) gets each fd's
+// frames on that fd's own, whose Flush ends only its own held packets, as
+// each NAPI context has its own GRO list. ring says the frames were read
+// through io_uring.
+func (b *batch) start(e *Endpoint, queue int, ring bool) {
+	b.e = e
+	e.mu.RLock()
+	b.d = e.dispatcher
+	if b.d != nil {
+		// Counted under the lock that stopLocked takes to detach, so
+		// that it knows whether a batch may be inside netstack.
+		e.inBatch.Add(1)
+	}
+	b.addr = e.addr
+	b.maxFrame = e.hdrSize + int(e.mtu)
+	e.mu.RUnlock()
+	if mq, ok := b.d.(rxbatch.MultiQueue); ok {
+		b.d = mq.Queue(queue)
+	}
+	b.frag, _ = b.d.(rxbatch.FragmentDispatcher)
+	b.flush, _ = b.d.(rxbatch.Flusher)
+	b.rxValid = e.caps&stack.CapabilityRXChecksumOffload != 0
+	b.c = batchCount{ring: ring}
+}
+
+// deliver hands the frame of n bytes read into v to the dispatcher, or
+// drops it and counts why. truncated says the kernel cut the frame short.
+// It returns true if v was handed off, so the caller must read the next
+// frame into a new view; a dropped frame's view stays the caller's, as it
+// was.
+func (b *batch) deliver(v *buffer.View, n int, truncated bool) bool {
 	if n > v.Size() { // a TUN/TAP read returns the frame's whole length
 		n, truncated = v.Size(), true
 	}
-	c.frames++
-	c.bytes += uint64(n)
-	proto, verdict := parseFrame(v.AsSlice()[:n], e.hdrSize, t.maxFrame, truncated, t.addr)
-	if !t.accept(verdict, c) {
+	b.c.frames++
+	b.c.bytes += uint64(n)
+	proto, why := parseFrame(v.AsSlice()[:n], b.e.hdrSize, b.maxFrame, truncated, b.addr)
+	if !b.accept(why) {
 		return false
 	}
 	v.CapLength(n)
-	e.handOff(t, proto, buffer.MakeWithView(v))
+	b.handOff(proto, buffer.MakeWithView(v))
 	return true
 }
 
 // deliverVNet is deliver for a frame of n bytes read after its
 // virtio_net_hdr hdr (Options.VNetHdr): into v, and on into spare for a
 // TCP super-packet longer than v. It reports which views were handed off.
-func (e *Endpoint) deliverVNet(t *target, hdr []byte, v, spare *buffer.View, n int, truncated bool, c *batchCount) (tookV, tookSpare bool) {
-	c.frames++
+func (b *batch) deliverVNet(hdr []byte, v, spare *buffer.View, n int, truncated bool) (tookV, tookSpare bool) {
+	b.c.frames++
 	if n > v.Size()+spare.Size() { // a TUN/TAP read returns the frame's whole length
 		n, truncated = v.Size()+spare.Size(), true
 	}
-	c.bytes += uint64(n)
+	b.c.bytes += uint64(n)
 	head := v.AsSlice()[:min(n, v.Size())]
 	tail := spare.AsSlice()[:n-len(head)]
-	verdict := verdictOversized
+	why := dropOversized
 	gso := false
 	if !truncated {
-		gso, verdict = applyVNetHdr(hdr, head, tail, t.maxFrame, e.hdrSize)
+		gso, why = applyVNetHdr(hdr, head, tail, b.maxFrame, b.e.hdrSize)
 	}
 	var proto tcpip.NetworkProtocolNumber
-	if verdict == verdictDeliver {
+	if why == keep {
 		// applyVNetHdr checked the length.
-		proto, verdict = parseFrame(head, e.hdrSize, len(head), false, t.addr)
+		proto, why = parseFrame(head, b.e.hdrSize, len(head), false, b.addr)
 	}
-	if !t.accept(verdict, c) {
+	if !b.accept(why) {
 		return false, false
 	}
 	if gso {
-		c.gso++
+		b.c.gso++
 	}
 	v.CapLength(len(head))
 	buf := buffer.MakeWithView(v)
@@ -143,48 +154,51 @@ func (e *Endpoint) deliverVNet(t *target, hdr []byte, v, spare *buffer.View, n i
 		spare.CapLength(len(tail))
 		buf.Append(spare)
 	}
-	e.handOff(t, proto, buf)
+	b.handOff(proto, buf)
 	return true, len(tail) > 0
 }
 
-// accept reports whether a frame with verdict v goes to t's dispatcher,
+// accept reports whether a frame parsed as why goes to the dispatcher,
 // and counts it as dropped if not.
-func (t *target) accept(v verdict, c *batchCount) bool {
-	if v == verdictDeliver && t.d == nil {
-		v = verdictDetached
+func (b *batch) accept(why dropReason) bool {
+	if why == keep && b.d == nil {
+		why = dropDetached
 	}
-	if v != verdictDeliver {
-		c.count(v)
+	if why != keep {
+		b.c.drops[why]++
 		return false
 	}
 	return true
 }
 
-// handOff gives t's dispatcher the frame in buf, which it takes.
-func (e *Endpoint) handOff(t *target, proto tcpip.NetworkProtocolNumber, buf buffer.Buffer) {
-	if t.frag != nil {
-		t.frag.DeliverFragments(proto, e.hdrSize, buf)
+// handOff gives the dispatcher the frame in buf, which it takes.
+func (b *batch) handOff(proto tcpip.NetworkProtocolNumber, buf buffer.Buffer) {
+	hdrSize := b.e.hdrSize
+	if b.frag != nil {
+		b.frag.DeliverFragments(proto, hdrSize, buf)
 		return
 	}
 	// As gVisor's recvMMsgDispatcher and parseInboundHeader.
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buf})
-	if e.hdrSize > 0 {
-		pkt.LinkHeader().Consume(e.hdrSize)
+	if hdrSize > 0 {
+		pkt.LinkHeader().Consume(hdrSize)
 	}
 	pkt.NetworkProtocolNumber = proto
-	pkt.RXChecksumValidated = t.rxValid
-	t.d.DeliverNetworkPacket(proto, pkt)
+	pkt.RXChecksumValidated = b.rxValid
+	b.d.DeliverNetworkPacket(proto, pkt)
 	pkt.DecRef()
 }
 
-// endBatch tells t that a batch is over and adds the batch's counts to the
-// endpoint's.
-func (e *Endpoint) endBatch(t *target, c *batchCount) {
-	if c.frames == 0 {
-		return
+// end tells the dispatcher that the batch is over, if it read a frame,
+// adds the batch's counts to the endpoint's, and lets go of the
+// dispatcher: a dispatch loop holds none between batches.
+func (b *batch) end() {
+	if b.c.frames > 0 && b.flush != nil {
+		b.flush.Flush()
 	}
-	if t.flush != nil {
-		t.flush.Flush()
+	b.e.stats.add(&b.c)
+	if b.d != nil {
+		b.e.inBatch.Add(-1)
 	}
-	e.stats.add(c)
+	*b = batch{}
 }

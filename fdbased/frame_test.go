@@ -35,38 +35,38 @@ func TestParseFrame(t *testing.T) {
 		hdr       int
 		truncated bool
 		proto     tcpip.NetworkProtocolNumber
-		verdict   verdict
+		why       dropReason
 	}{
-		{"IPv4", ipFrame(20, 0x45), 0, false, header.IPv4ProtocolNumber, verdictDeliver},
-		{"IPv6", ipFrame(40, 0x60), 0, false, header.IPv6ProtocolNumber, verdictDeliver},
-		{"MTU exactly", ipFrame(mtu, 0x45), 0, false, header.IPv4ProtocolNumber, verdictDeliver},
-		{"one past the MTU", ipFrame(mtu+1, 0x45), 0, false, 0, verdictOversized},
-		{"truncated by the kernel", ipFrame(100, 0x45), 0, true, 0, verdictOversized},
-		{"empty", nil, 0, false, 0, verdictRunt},
-		{"one short of an IPv4 header", ipFrame(19, 0x45), 0, false, 0, verdictRunt},
-		{"IP version 5", ipFrame(60, 0x55), 0, false, 0, verdictNotIP},
-		{"Ethernet to us", ethFrame(eth+20, ourMAC, header.IPv4ProtocolNumber, 0x45), eth, false, header.IPv4ProtocolNumber, verdictDeliver},
-		{"Ethernet ARP", ethFrame(eth+28, ourMAC, header.ARPProtocolNumber, 0), eth, false, header.ARPProtocolNumber, verdictDeliver},
-		{"Ethernet broadcast", ethFrame(60, header.EthernetBroadcastAddress, header.IPv4ProtocolNumber, 0x45), eth, false, header.IPv4ProtocolNumber, verdictDeliver},
-		{"Ethernet multicast", ethFrame(60, "\x01\x00\x5e\x01\x02\x03", header.IPv4ProtocolNumber, 0x45), eth, false, header.IPv4ProtocolNumber, verdictDeliver},
-		{"Ethernet to another host", ethFrame(60, otherMAC, header.IPv4ProtocolNumber, 0x45), eth, false, 0, verdictNotForUs},
-		{"Ethernet, IP version not checked", ethFrame(60, ourMAC, header.IPv4ProtocolNumber, 0x55), eth, false, header.IPv4ProtocolNumber, verdictDeliver},
-		{"Ethernet header only", ethFrame(eth, ourMAC, header.IPv4ProtocolNumber, 0), eth, false, 0, verdictRunt},
-		{"Ethernet runt", ethFrame(eth+19, ourMAC, header.IPv4ProtocolNumber, 0x45), eth, false, 0, verdictRunt},
-		{"Ethernet half a header", ethFrame(7, ourMAC, header.IPv4ProtocolNumber, 0), eth, false, 0, verdictRunt},
-		{"Ethernet MTU exactly", ethFrame(eth+mtu, ourMAC, header.IPv4ProtocolNumber, 0x45), eth, false, header.IPv4ProtocolNumber, verdictDeliver},
-		{"Ethernet one past the MTU", ethFrame(eth+mtu+1, ourMAC, header.IPv4ProtocolNumber, 0x45), eth, false, 0, verdictOversized},
+		{"IPv4", ipFrame(20, 0x45), 0, false, header.IPv4ProtocolNumber, keep},
+		{"IPv6", ipFrame(40, 0x60), 0, false, header.IPv6ProtocolNumber, keep},
+		{"MTU exactly", ipFrame(mtu, 0x45), 0, false, header.IPv4ProtocolNumber, keep},
+		{"one past the MTU", ipFrame(mtu+1, 0x45), 0, false, 0, dropOversized},
+		{"truncated by the kernel", ipFrame(100, 0x45), 0, true, 0, dropOversized},
+		{"empty", nil, 0, false, 0, dropRunt},
+		{"one short of an IPv4 header", ipFrame(19, 0x45), 0, false, 0, dropRunt},
+		{"IP version 5", ipFrame(60, 0x55), 0, false, 0, dropNotIP},
+		{"Ethernet to us", ethFrame(eth+20, ourMAC, header.IPv4ProtocolNumber, 0x45), eth, false, header.IPv4ProtocolNumber, keep},
+		{"Ethernet ARP", ethFrame(eth+28, ourMAC, header.ARPProtocolNumber, 0), eth, false, header.ARPProtocolNumber, keep},
+		{"Ethernet broadcast", ethFrame(60, header.EthernetBroadcastAddress, header.IPv4ProtocolNumber, 0x45), eth, false, header.IPv4ProtocolNumber, keep},
+		{"Ethernet multicast", ethFrame(60, "\x01\x00\x5e\x01\x02\x03", header.IPv4ProtocolNumber, 0x45), eth, false, header.IPv4ProtocolNumber, keep},
+		{"Ethernet to another host", ethFrame(60, otherMAC, header.IPv4ProtocolNumber, 0x45), eth, false, 0, dropNotForUs},
+		{"Ethernet, IP version not checked", ethFrame(60, ourMAC, header.IPv4ProtocolNumber, 0x55), eth, false, header.IPv4ProtocolNumber, keep},
+		{"Ethernet header only", ethFrame(eth, ourMAC, header.IPv4ProtocolNumber, 0), eth, false, 0, dropRunt},
+		{"Ethernet runt", ethFrame(eth+19, ourMAC, header.IPv4ProtocolNumber, 0x45), eth, false, 0, dropRunt},
+		{"Ethernet half a header", ethFrame(7, ourMAC, header.IPv4ProtocolNumber, 0), eth, false, 0, dropRunt},
+		{"Ethernet MTU exactly", ethFrame(eth+mtu, ourMAC, header.IPv4ProtocolNumber, 0x45), eth, false, header.IPv4ProtocolNumber, keep},
+		{"Ethernet one past the MTU", ethFrame(eth+mtu+1, ourMAC, header.IPv4ProtocolNumber, 0x45), eth, false, 0, dropOversized},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			proto, v := parseFrame(tc.frame, tc.hdr, tc.hdr+mtu, tc.truncated, ourMAC)
-			assert.Equal(t, tc.verdict, v)
+			proto, why := parseFrame(tc.frame, tc.hdr, tc.hdr+mtu, tc.truncated, ourMAC)
+			assert.Equal(t, tc.why, why)
 			assert.Equal(t, tc.proto, proto)
 		})
 	}
 }
 
-// deliverOne runs one frame through Endpoint.deliver as a dispatch loop
+// deliverOne runs one frame through a batch as a dispatch loop
 // would after a read of data into a view sized for mtu, and returns the
 // endpoint's counters and what the dispatcher got.
 func deliverOne(t testing.TB, data []byte, eth, frag bool, mtu int) (Stats, []event) {
@@ -79,15 +79,14 @@ func deliverOne(t testing.TB, data []byte, eth, frag bool, mtu int) (Stats, []ev
 	if frag {
 		e.dispatcher = fragDispatcher{r}
 	}
-	var tgt target
-	e.loadTarget(&tgt, 0)
+	var b batch
+	b.start(e, 0, false)
 	v := buffer.NewViewSize(e.bufSize())
 	n := copy(v.AsSlice(), data) // as read or recvmmsg would
-	var c batchCount
-	if !e.deliver(&tgt, v, n, len(data) > n, &c) {
+	if !b.deliver(v, n, len(data) > n) {
 		v.Release()
 	}
-	e.endBatch(&tgt, &c)
+	b.end()
 	return e.Stats(), r.frames()
 }
 

@@ -72,18 +72,19 @@ func (s Stats) Delivered() uint64 {
 // worth at a time, so they touch the shared atomics once per batch, not
 // once per frame.
 type counters struct {
-	frames, bytes, batches                           atomic.Uint64
-	runt, oversized, notForUs, notIP, detached, vnet atomic.Uint64
-	gso                                              atomic.Uint64
-	written, writeErrors                             atomic.Uint64
-	ringBatches                                      atomic.Uint64
+	frames, bytes, batches atomic.Uint64
+	drops                  [numDropReasons]atomic.Uint64 // by dropReason; keep's unused
+	gso                    atomic.Uint64
+	written, writeErrors   atomic.Uint64
+	ringBatches            atomic.Uint64
 }
 
 // batchCount counts one batch on the dispatch goroutine, without atomics.
 type batchCount struct {
-	frames, bytes                                    uint64
-	runt, oversized, notForUs, notIP, detached, vnet uint64
-	gso                                              uint64 // delivered super-packets
+	frames, bytes uint64
+	drops         [numDropReasons]uint64 // by dropReason
+	gso           uint64                 // delivered super-packets
+	ring          bool                   // read through io_uring
 }
 
 // add adds a finished batch to c.
@@ -95,33 +96,24 @@ func (c *counters) add(b *batchCount) {
 	c.batches.Add(1)
 	c.bytes.Add(b.bytes)
 	c.frames.Add(b.frames)
-	for _, f := range [...]struct {
-		n uint64
-		c *atomic.Uint64
-	}{{b.runt, &c.runt}, {b.oversized, &c.oversized}, {b.notForUs, &c.notForUs}, {b.notIP, &c.notIP}, {b.detached, &c.detached},
-		{b.vnet, &c.vnet}, {b.gso, &c.gso}} {
-		if f.n != 0 {
-			f.c.Add(f.n)
+	for why, n := range b.drops {
+		if n != 0 {
+			c.drops[why].Add(n)
 		}
+	}
+	if b.gso != 0 {
+		c.gso.Add(b.gso)
+	}
+	if b.ring {
+		c.ringBatches.Add(1)
 	}
 }
 
-// count counts a frame that verdict v says is dropped.
-func (b *batchCount) count(v verdict) {
-	switch v {
-	case verdictRunt:
-		b.runt++
-	case verdictOversized:
-		b.oversized++
-	case verdictNotForUs:
-		b.notForUs++
-	case verdictNotIP:
-		b.notIP++
-	case verdictDetached:
-		b.detached++
-	case verdictBadVNetHdr:
-		b.vnet++
-	}
+// dropVNet counts a packet the kernel dropped, failing a read, because it
+// could not describe it in a virtio_net_hdr.
+func (c *counters) dropVNet() {
+	c.frames.Add(1) // frames first: see snapshot
+	c.drops[dropVNetHdr].Add(1)
 }
 
 // snapshot reads every counter. It reads the drops before the frames,
@@ -130,12 +122,12 @@ func (b *batchCount) count(v verdict) {
 // shows its bytes and the batch too.
 func (c *counters) snapshot() Stats {
 	var s Stats
-	s.DroppedRunt = c.runt.Load()
-	s.DroppedOversized = c.oversized.Load()
-	s.DroppedNotForUs = c.notForUs.Load()
-	s.DroppedNotIP = c.notIP.Load()
-	s.DroppedDetached = c.detached.Load()
-	s.DroppedVNetHdr = c.vnet.Load()
+	s.DroppedRunt = c.drops[dropRunt].Load()
+	s.DroppedOversized = c.drops[dropOversized].Load()
+	s.DroppedNotForUs = c.drops[dropNotForUs].Load()
+	s.DroppedNotIP = c.drops[dropNotIP].Load()
+	s.DroppedDetached = c.drops[dropDetached].Load()
+	s.DroppedVNetHdr = c.drops[dropVNetHdr].Load()
 	s.GSOFrames = c.gso.Load()
 	s.Batches = c.batches.Load()
 	s.Bytes = c.bytes.Load()

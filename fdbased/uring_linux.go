@@ -8,18 +8,55 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// uring reads a non-socket fd (TAP, TUN) with one io_uring multishot read:
-// the kernel reads each frame into a buffer of a provided-buffer ring as
-// it arrives, and a batch costs one io_uring_enter instead of one read(2)
-// per frame, which is where a TAP reader spends half its time. It needs
-// Linux 6.7 (IORING_OP_READ_MULTISHOT). The reader copies each frame from
-// the ring into its pooled view, so the rest of the data path is the
-// same.
+// uringSource reads a non-socket fd (TAP, TUN) with one io_uring
+// multishot read (Options.IOUring): the kernel reads each frame into a
+// buffer of a provided-buffer ring as it arrives, and a batch costs one
+// io_uring_enter instead of one read(2) per frame, the system call that
+// dominates a TAP reader's cost. It needs Linux 6.7
+// (IORING_OP_READ_MULTISHOT). Each frame is copied from the ring into its
+// pooled view, so the rest of the data path is the same.
+type uringSource struct {
+	ring     *uring
+	stopping *atomic.Bool // the endpoint's: dispatch is being stopped
+}
+
+// newURingSource sets up a ring reading fd into bufs buffers of bufSize
+// bytes, woken also when stopFD becomes readable.
+func newURingSource(fd, stopFD, batch, bufSize int, stopping *atomic.Bool) (*uringSource, error) {
+	ring, err := newURing(fd, stopFD, uringBuffers(batch), bufSize)
+	if err != nil {
+		return nil, err
+	}
+	return &uringSource{ring: ring, stopping: stopping}, nil
+}
+
+// read implements source.
+func (s *uringSource) read(b *rxBufs) (int, unix.Errno) { return s.ring.reap(b) }
+
+// wait implements source.
+func (s *uringSource) wait() (stopped, hup bool, errno unix.Errno) {
+	// The stop eventfd's completion wakes the ring, but reap may have
+	// taken it already, just after stopping was set: look first.
+	if s.stopping.Load() {
+		return true, false, 0
+	}
+	return false, false, s.ring.wait()
+}
+
+// atEOF implements source: a read of 0 bytes is always the end.
+func (*uringSource) atEOF() bool { return true }
+
+// close releases the ring.
+func (s *uringSource) close() { s.ring.close() }
+
+// uring is an io_uring with a multishot read of one fd into a ring of
+// provided buffers, and a poll of the stop eventfd.
 //
 // A uring belongs to one dispatch goroutine, locked to its OS thread:
 // completions arrive as task work of the thread that submitted.
 type uring struct {
-	fd int
+	fd  int // the ring's
+	src int // the fd it reads
 
 	ringMem, sqeMem, bufRingMem, bufMem []byte // ringMem: SQ and CQ rings, one mapping
 
@@ -114,7 +151,7 @@ func newURing(fd, stopFD, bufs, bufSize int) (*uring, error) {
 	if errno != 0 {
 		return nil, fmt.Errorf("fdbased: io_uring_setup: %w", errno)
 	}
-	u := &uring{fd: int(rfd), bufs: bufs, bufSize: bufSize}
+	u := &uring{fd: int(rfd), src: fd, bufs: bufs, bufSize: bufSize}
 	if err := u.setup(&p, fd, stopFD); err != nil {
 		u.close()
 		return nil, err
@@ -132,7 +169,7 @@ func (u *uring) setup(p *uringParams, fd, stopFD int) error {
 	if err := u.registerBuffers(); err != nil {
 		return err
 	}
-	u.submitRead(fd)
+	u.submitRead()
 	u.push(uringSQE{opcode: uringOpPollAdd, fd: int32(stopFD), opFlags: unix.POLLIN, userData: uringDataStop})
 	return nil
 }
@@ -222,18 +259,19 @@ func (u *uring) push(sqe uringSQE) {
 	u.pending++
 }
 
-func (u *uring) submitRead(fd int) {
-	u.push(uringSQE{opcode: uringOpReadMultishot, flags: uringSQEBufferSelect, fd: int32(fd), userData: uringDataRead, bufGroup: uringBufGroup})
+// submitRead queues the multishot read of the fd.
+func (u *uring) submitRead() {
+	u.push(uringSQE{opcode: uringOpReadMultishot, flags: uringSQEBufferSelect, fd: int32(u.src), userData: uringDataRead, bufGroup: uringBufGroup})
 }
 
-// reap copies the frames the kernel has read, up to len(r.views), into
-// r's views and returns how many, or EAGAIN when there are none. A read
+// reap copies the frames the kernel has read, up to the batch size, into
+// b's views and returns how many, or EAGAIN when there are none. A read
 // of 0 bytes is the end of the file, as with read(2).
-func (u *uring) reap(r *reader) (int, unix.Errno) {
+func (u *uring) reap(b *rxBufs) (int, unix.Errno) {
 	n := 0
 	head, tail := *u.cqHead, atomic.LoadUint32(u.cqTail)
 	var errno unix.Errno
-	for ; head != tail && n < len(r.views); head++ {
+	for ; head != tail && n < len(b.msgs); head++ {
 		c := u.cqes[head&*u.cqMask]
 		if c.userData != uringDataRead {
 			continue // the stop eventfd: the loop checks stopping
@@ -251,15 +289,10 @@ func (u *uring) reap(r *reader) (int, unix.Errno) {
 		}
 		bid := uint16(c.flags >> uringCQEBufferShift)
 		length := int(c.res)
-		copy(r.views[n].AsSlice(), u.bufMem[int(bid)*u.bufSize:][:length])
+		// A full buffer may hold part of a larger frame (after an MTU
+		// change, buffers keep their size): drop it as oversized.
+		b.put(n, u.bufMem[int(bid)*u.bufSize:][:length], length == u.bufSize)
 		u.addBuffer(bid)
-		r.msgs[n].Len = uint32(length)
-		r.msgs[n].Msg.Flags = 0
-		if length == u.bufSize {
-			// A full buffer may hold part of a larger frame (after an MTU
-			// change, buffers keep their size): drop it as oversized.
-			r.msgs[n].Msg.Flags = unix.MSG_TRUNC
-		}
 		n++
 		if length == 0 {
 			head++
@@ -270,7 +303,7 @@ func (u *uring) reap(r *reader) (int, unix.Errno) {
 	u.publishBuffers()
 	if u.rearm {
 		u.rearm = false
-		u.submitRead(r.fd)
+		u.submitRead()
 	}
 	if n > 0 {
 		return n, 0

@@ -77,40 +77,40 @@ func maxGSOFrame(hdrSize int) int { return hdrSize + header.IPv6MinimumSize + 0x
 // VIRTIO_NET_HDR_F_NEEDS_CSUM holds the pseudo-header sum; it becomes the
 // complement of the sum from csum_start to the end, as the kernel's
 // skb_checksum_help makes it, and its field must lie in head. gso reports
-// a TCP super-packet type; v is verdictDeliver, verdictOversized or
-// verdictBadVNetHdr. It never reads or writes past head and tail.
+// a TCP super-packet type; why is keep, dropOversized or dropVNetHdr. It
+// never reads or writes past head and tail.
 //
 // The header's 16-bit fields are in the host's byte order: legacy virtio,
 // which TUN/TAP and AF_PACKET use unless TUNSETVNETLE or TUNSETVNETBE
 // says otherwise.
-func applyVNetHdr(hdr, head, tail []byte, maxFrame, hdrSize int) (gso bool, v verdict) {
+func applyVNetHdr(hdr, head, tail []byte, maxFrame, hdrSize int) (gso bool, why dropReason) {
 	if len(hdr) < vnetHdrSize {
-		return false, verdictBadVNetHdr
+		return false, dropVNetHdr
 	}
 	n := len(head) + len(tail)
 	switch hdr[1] &^ vnetGSOECN {
 	case vnetGSONone:
 		if n > maxFrame {
-			return false, verdictOversized
+			return false, dropOversized
 		}
 	case vnetGSOTCPv4, vnetGSOTCPv6:
 		gso = true
 		if n > maxGSOFrame(hdrSize) {
-			return gso, verdictOversized
+			return gso, dropOversized
 		}
 	default:
 		// A UDP super-packet (or a type this reader does not know)
 		// would reach netstack as one datagram of many: refuse it. Only
 		// TCP offloads are turned on for the device.
-		return false, verdictBadVNetHdr
+		return false, dropVNetHdr
 	}
 	if hdr[0]&vnetFlagNeedsCsum == 0 {
-		return gso, verdictDeliver
+		return gso, keep
 	}
 	start := int(binary.NativeEndian.Uint16(hdr[6:]))
 	field := start + int(binary.NativeEndian.Uint16(hdr[8:]))
 	if field+2 > len(head) {
-		return gso, verdictBadVNetHdr
+		return gso, dropVNetHdr
 	}
 	sum := sumFrom(head, tail, start)
 	c := ^sum
@@ -118,7 +118,7 @@ func applyVNetHdr(hdr, head, tail []byte, maxFrame, hdrSize int) (gso bool, v ve
 		c = 0xffff // skb_checksum_help's CSUM_MANGLED_0: UDP reads 0 as none
 	}
 	binary.BigEndian.PutUint16(head[field:], c)
-	return gso, verdictDeliver
+	return gso, keep
 }
 
 // sumFrom returns the RFC 1071 sum of the frame head+tail from byte start

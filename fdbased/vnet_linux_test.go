@@ -143,9 +143,9 @@ func TestVNetReadEINVAL(t *testing.T) {
 		fd, _ := socketPair(t, unix.SOCK_SEQPACKET)
 		e := newTestEndpoint(t, &Options{FDs: []int{fd}, MTU: 1500, VNetHdr: vnet})
 		r := e.sys.links[0].r
-		assert.Equal(t, vnet, r.vnetDropped(unix.EINVAL))
-		assert.False(t, r.vnetDropped(unix.EBADF))
-		assert.False(t, r.vnetDropped(0))
+		assert.Equal(t, vnet, vnetDropped(r.vnetDrops, unix.EINVAL))
+		assert.False(t, vnetDropped(r.vnetDrops, unix.EBADF))
+		assert.False(t, vnetDropped(r.vnetDrops, 0))
 		st := e.Stats()
 		if vnet {
 			assert.Equal(t, Stats{Frames: 1, DroppedVNetHdr: 1}, st)

@@ -53,9 +53,9 @@ func FuzzApplyVNetHdr(f *testing.F) {
 		cut := int(split) % (len(frame) + 1)
 		head := append([]byte(nil), frame[:cut]...)
 		tail := append([]byte(nil), frame[cut:]...)
-		gso, v := applyVNetHdr(hdr, head, tail, int(maxFrame), 0)
+		gso, why := applyVNetHdr(hdr, head, tail, int(maxFrame), 0)
 		require.True(t, bytes.Equal(frame[cut:], tail), "the tail is never written")
-		if v != verdictDeliver {
+		if why != keep {
 			require.True(t, bytes.Equal(frame[:cut], head), "a refused frame is left as it was")
 			return
 		}
