@@ -33,7 +33,7 @@ const benchFrames = 64
 // receiver is an endpoint under test.
 type receiver struct {
 	name string
-	// frag attaches the dispatcher as an lro.FragmentDispatcher.
+	// frag attaches the dispatcher as an rxbatch.FragmentDispatcher.
 	frag bool
 	make func(b *testing.B, fd int) stack.LinkEndpoint
 }

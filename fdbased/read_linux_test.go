@@ -290,7 +290,7 @@ func TestSeveralFDs(t *testing.T) {
 	assert.Equal(t, []int{frames, frames, frames}, next)
 }
 
-// TestSeveralFDsQueues: with an lro.MultiQueue dispatcher (the engine),
+// TestSeveralFDsQueues: with an rxbatch.MultiQueue dispatcher (the engine),
 // fd i's frames and batch ends go to its Queue(i), fd 0's included, so
 // that one fd's batch end never flushes another fd's sessions.
 func TestSeveralFDsQueues(t *testing.T) {
@@ -334,5 +334,48 @@ func TestSeveralFDsQueues(t *testing.T) {
 		assert.Equal(t, uint64(segs), st.PacketsIn, "queue %d: fd %d's segments, no other's", k, k)
 		assert.NotZero(t, st.FlushBatch, "queue %d: ended by its fd's batch ends", k)
 		assert.Zero(t, st.Held(), "queue %d: its fd's last batch end flushed it", k)
+	}
+}
+
+// queues is a user's rxbatch.MultiQueue, not the engine: a fragDispatcher
+// per queue.
+type queues []fragDispatcher
+
+func (q queues) Queue(i int) stack.NetworkDispatcher { return q[i] }
+
+func (q queues) DeliverNetworkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {
+	panic("a MultiQueue dispatcher gets frames on its queues")
+}
+
+func (q queues) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {
+	panic("DeliverLinkPacket called")
+}
+
+// TestSeveralFDsOwnQueues: any rxbatch.MultiQueue, not only the engine,
+// gets fd i's frames and batch ends on its Queue(i).
+func TestSeveralFDsOwnQueues(t *testing.T) {
+	const fds, frames = 3, 20
+	ours, peers := socketPairs(t, fds)
+	e := newTestEndpoint(t, &Options{FDs: ours, MTU: 1500})
+	qs := make(queues, fds)
+	for k := range qs {
+		qs[k] = fragDispatcher{newRecorder()}
+	}
+	e.Attach(qs)
+	for i := range frames {
+		for k, p := range peers {
+			writeFrame(t, p, makeFrame(64+i, false, "", k<<16|i))
+		}
+	}
+	for k, q := range qs {
+		waitUntil(t, "the queue's frames and their batch end", q.notify, func() bool {
+			ev := q.snapshot()
+			return len(q.frames()) == frames && ev[len(ev)-1].flush
+		})
+		for i, ev := range q.frames() {
+			require.True(t, ev.fragments)
+			seq := int(ev.data[4])<<24 | int(ev.data[5])<<16 | int(ev.data[6])<<8 | int(ev.data[7])
+			require.Equal(t, k<<16|i, seq, "queue %d: fd %d's frames, in order", k, k)
+		}
 	}
 }
