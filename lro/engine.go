@@ -165,7 +165,7 @@ func (e *Engine) flushAndPass(sh *shard, proto tcpip.NetworkProtocolNumber, r *p
 		n++
 	}
 	out[n] = passItem(proto, r, s.reason, s.flowHash(e.seed))
-	e.release(sh, out[:n+1], len(out), false)
+	e.unlockAndDeliver(sh, out[:n+1], len(out), false)
 }
 
 // mergeOrHold runs a candidate segment against its flow's session: merge,
@@ -224,19 +224,19 @@ func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pa
 		n++
 		held = false
 	}
-	e.release(sh, out[:n], len(out), false)
+	e.unlockAndDeliver(sh, out[:n], len(out), false)
 	if held {
 		e.armTimer(e.cfg.FlushDelay)
 	}
 }
 
-// release hands items, produced under sh.mu out of a reservation of
+// unlockAndDeliver hands items, produced under sh.mu out of a reservation of
 // reserved, to sh's delivery queue, unlocks sh, and delivers those that
 // are this goroutine's to deliver. It returns what a Flush must wait for:
 // with every, all that left the table before items.
 //
 // +checklocksrelease:sh.mu
-func (e *Engine) release(sh *shard, items []pending, reserved int, every bool) pushed {
+func (e *Engine) unlockAndDeliver(sh *shard, items []pending, reserved int, every bool) pushed {
 	p := sh.q.push(items, reserved, every)
 	sh.mu.Unlock()
 	sh.q.run(items, &p)

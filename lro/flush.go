@@ -72,7 +72,7 @@ func (e *Engine) flushShard(sh *shard, cause counter, due tcpip.MonotonicTime, e
 			}
 			j = newer
 		}
-		p := e.release(sh, out[:n], len(out), true)
+		p := e.unlockAndDeliver(sh, out[:n], len(out), true)
 		sh.q.wait(&p)
 		if n < len(out) {
 			break
