@@ -50,10 +50,15 @@ func newTestStack(t *testing.T, opts Options, addrs ...string) (*stack.Stack, *D
 // batches Read returns, as wireguard-go does between its TUN and its UDP
 // sockets, checking each packet as a kernel would.
 type pump struct {
-	mu             sync.Mutex
-	reads, packets int
-	maxBatch       int
-	bad            []string
+	mu sync.Mutex
+	// +checklocks:mu
+	reads int
+	// +checklocks:mu
+	packets int
+	// +checklocks:mu
+	maxBatch int
+	// +checklocks:mu
+	bad []string
 }
 
 func (p *pump) run(from, to *Device, done *sync.WaitGroup) {

@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
-	"time"
 )
 
 // row is one measurement.
@@ -24,8 +23,9 @@ type row struct {
 	Receiver   string
 	IPv6       bool
 	Streams    int
-	SameBucket bool  // source ports chosen so that every flow lands in one gVisor GRO bucket
-	Bytes      int64 // per stream
+	SameBucket bool   // source ports chosen so that every flow lands in one gVisor GRO bucket
+	Bytes      int64  // per stream
+	Profile    string // if set, where the receiver writes its CPU profile
 }
 
 func (r row) String() string {
@@ -74,7 +74,7 @@ func runRow(ctx context.Context, r row) (result, error) {
 	if err != nil {
 		return res, err
 	}
-	cfg, err := json.Marshal(childConfig{Receiver: r.Receiver, Key: kr, PeerPublic: ks.Public, IPv6: r.IPv6, Streams: r.Streams, Bytes: r.Bytes})
+	cfg, err := json.Marshal(childConfig{Receiver: r.Receiver, Key: kr, PeerPublic: ks.Public, IPv6: r.IPv6, Streams: r.Streams, Bytes: r.Bytes, Profile: r.Profile})
 	if err != nil {
 		return res, err
 	}
@@ -238,5 +238,3 @@ func rows(senders []string, bytes int64) []row {
 }
 
 func senderList(s string) []string { return strings.Split(s, ",") }
-
-var _ = time.Second

@@ -28,11 +28,15 @@ type groDevice struct {
 	events chan tun.Event
 	mtu    int
 
-	mu  sync.Mutex // GRO is not safe for concurrent use
+	mu sync.Mutex // GRO is not safe for concurrent use
+	// +checklocks:mu
 	gro gro.GRO
 	// TCP payload bytes enqueued and delivered, to see whether Flush
 	// left packets held (the defect of its Flush at the pinned gVisor).
-	in, out uint64
+	// +checklocks:mu
+	in uint64
+	// +checklocks:mu
+	out uint64
 }
 
 // Held returns the TCP payload bytes GRO still held after the last Write.
@@ -48,6 +52,9 @@ type countingDispatcher struct {
 	dev *groDevice
 }
 
+// DeliverNetworkPacket is called by GRO, inside Write, with c.dev.mu held.
+//
+// +checklocksignore
 func (c countingDispatcher) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
 	if h, ok := pkt.Data().PullUp(min(pkt.Data().Size(), 80)); ok {
 		c.dev.out += uint64(tcpPayload(h))
@@ -96,6 +103,7 @@ func (l *groLink) Attach(d stack.NetworkDispatcher) {
 	l.Endpoint.Attach(d)
 }
 
+// +checklocksignore: d is not shared yet.
 func newGRODevice(s *stack.Stack, id tcpip.NICID, mtu int) (*groDevice, error) {
 	d := &groDevice{events: make(chan tun.Event, 1), mtu: mtu}
 	d.ep = &groLink{Endpoint: channel.New(1024, uint32(mtu), ""), dev: d}

@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -34,6 +35,7 @@ func main() {
 	mib := flag.Int64("mib", 256, "MiB per row, split over its streams")
 	only := flag.String("only", "", "run only rows whose name contains this (e.g. 'v6 x4')")
 	timeout := flag.Duration("timeout", 5*time.Minute, "time limit per row")
+	profiles := flag.String("profile", "", "directory to write each row's receiver CPU profile to (go tool pprof)")
 	flag.Parse()
 
 	fmt.Println(tableHeader())
@@ -43,6 +45,9 @@ func main() {
 			continue
 		}
 		r.Bytes = *mib << 20 / int64(r.Streams)
+		if *profiles != "" {
+			r.Profile = filepath.Join(*profiles, strings.NewReplacer(" ", "_", ">", "").Replace(r.String())+".pprof")
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 		res, err := runRow(ctx, r)
 		cancel()

@@ -54,7 +54,8 @@ type childConfig struct {
 	PeerPublic string // the sender's public key
 	IPv6       bool
 	Streams    int
-	Bytes      int64 // per stream
+	Bytes      int64  // per stream
+	Profile    string // if set, the file to write the receiver's CPU profile to
 }
 
 // childResult is what it reports: first a line with Port, at the end one
@@ -284,6 +285,11 @@ func receive(cfg childConfig, ready func(port int) error) (childResult, error) {
 		res.LRO = &st
 	}
 	res.Shares = shares(prof.Bytes())
+	if cfg.Profile != "" {
+		if err := os.WriteFile(cfg.Profile, prof.Bytes(), 0o644); err != nil {
+			errAll = errors.Join(errAll, err)
+		}
+	}
 	return res, errAll
 }
 
@@ -338,5 +344,3 @@ func readResult(r *bufio.Reader) (childResult, error) {
 	}
 	return res, nil
 }
-
-var _ = os.Stdout
