@@ -209,7 +209,7 @@ func (r result) format() string {
 		ok = "MISMATCH"
 	}
 	held := "-"
-	if r.Receiver != recvInject {
+	if r.Receiver != recvInject && r.Receiver != recvPerPacket {
 		held = fmt.Sprint(r.Child.HeldWrites)
 	}
 	return fmt.Sprintf("| %s | %s | %s | %s | %d | %.2f | %.2f | %.2f | %.0f %% | %s | %.1f (%d) | %.1f (%d) | %s | %s |",

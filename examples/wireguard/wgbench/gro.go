@@ -23,6 +23,10 @@ import (
 // packets' IPv4 and TCP checksums stale, so netstack would drop them
 // otherwise. Outbound packets go through a channel.Endpoint, one per Read,
 // as in wireguard-go's tun/netstack.
+//
+// With GRO disabled it is wireguard-go's tun/netstack with its leak fixed:
+// a PacketBuffer per packet, delivered at once and released, checksums
+// verified by netstack.
 type groDevice struct {
 	ep     *groLink
 	events chan tun.Event
@@ -86,12 +90,16 @@ func tcpPayload(p []byte) int {
 // hands what is attached to it to the device's GRO.
 type groLink struct {
 	*channel.Endpoint
-	dev *groDevice
-	d   atomic.Pointer[stack.NetworkDispatcher]
+	dev   *groDevice
+	trust bool
+	d     atomic.Pointer[stack.NetworkDispatcher]
 }
 
 func (l *groLink) Capabilities() stack.LinkEndpointCapabilities {
-	return stack.CapabilityRXChecksumOffload
+	if l.trust {
+		return stack.CapabilityRXChecksumOffload
+	}
+	return 0
 }
 
 func (l *groLink) Attach(d stack.NetworkDispatcher) {
@@ -104,13 +112,13 @@ func (l *groLink) Attach(d stack.NetworkDispatcher) {
 }
 
 // +checklocksignore: d is not shared yet.
-func newGRODevice(s *stack.Stack, id tcpip.NICID, mtu int) (*groDevice, error) {
+func newGRODevice(s *stack.Stack, id tcpip.NICID, mtu int, enabled bool) (*groDevice, error) {
 	d := &groDevice{events: make(chan tun.Event, 1), mtu: mtu}
-	d.ep = &groLink{Endpoint: channel.New(1024, uint32(mtu), ""), dev: d}
+	d.ep = &groLink{Endpoint: channel.New(1024, uint32(mtu), ""), dev: d, trust: enabled}
 	if err := s.CreateNIC(id, d.ep); err != nil {
 		return nil, fmt.Errorf("create NIC: %s", err)
 	}
-	d.gro.Init(true)
+	d.gro.Init(enabled)
 	d.events <- tun.EventUp
 	return d, nil
 }
@@ -139,7 +147,7 @@ func (d *groDevice) Write(bufs [][]byte, offset int) (int, error) {
 		d.in += uint64(tcpPayload(p))
 		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(p)})
 		pkt.NetworkProtocolNumber = proto
-		pkt.RXChecksumValidated = true
+		pkt.RXChecksumValidated = d.ep.trust
 		d.gro.Enqueue(pkt)
 		pkt.DecRef()
 	}

@@ -41,6 +41,7 @@ func TestEndToEnd(t *testing.T) {
 	const size = 4 << 20
 	rs := []row{
 		{Sender: sendNetstack, Receiver: recvInject, Streams: 1},
+		{Sender: sendNetstack, Receiver: recvPerPacket, Streams: 1},
 		{Sender: sendNetstack, Receiver: recvGRO, Streams: 1},
 		{Sender: sendNetstack, Receiver: recvLRO, Streams: 1},
 		{Sender: sendNetstack, Receiver: recvLROTrust, Streams: 1},

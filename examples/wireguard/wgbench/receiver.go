@@ -35,13 +35,14 @@ import (
 
 // The ways of feeding the receiving netstack, one per table row.
 const (
-	recvInject   = "wg-netstack"  // wireguard-go's tun/netstack: InjectInbound per packet
-	recvGRO      = "gvisor-gro"   // gVisor's GRO fed and flushed per Write, as Tailscale does
-	recvLRO      = "netlro"       // lrotun, checksums verified
-	recvLROTrust = "netlro-trust" // lrotun with TrustChecksums, as row 2 trusts them
+	recvInject    = "wg-netstack"  // wireguard-go's tun/netstack: InjectInbound per packet
+	recvPerPacket = "per-packet"   // the same way with its leak fixed: each packet released after delivery
+	recvGRO       = "gvisor-gro"   // gVisor's GRO fed and flushed per Write, as Tailscale does
+	recvLRO       = "netlro"       // lrotun, checksums verified
+	recvLROTrust  = "netlro-trust" // lrotun with TrustChecksums, as row 2 trusts them
 )
 
-var receivers = []string{recvInject, recvGRO, recvLRO, recvLROTrust}
+var receivers = []string{recvInject, recvPerPacket, recvGRO, recvLRO, recvLROTrust}
 
 // childEnv carries the receiver's configuration, as JSON, to the child
 // process; a process started with it is the receiver.
@@ -132,10 +133,10 @@ func newReceiverNet(name string) (*receiverNet, error) {
 		close:     s.Destroy,
 	}
 	switch name {
-	case recvGRO:
+	case recvGRO, recvPerPacket:
 		var d *groDevice
-		d, err = newGRODevice(s, 1, tunnelMTU)
-		if err == nil {
+		d, err = newGRODevice(s, 1, tunnelMTU, name == recvGRO)
+		if err == nil && name == recvGRO {
 			r.held = d.Held
 		}
 		r.dev = d
