@@ -10,6 +10,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -18,10 +19,12 @@ import (
 
 // groDevice is a tun.Device that feeds gVisor's GRO (stack/gro) with every
 // packet of a Write batch and flushes it at the end of Write, as
-// Tailscale's netstack does. Like Tailscale's link endpoint it reports
-// receive checksum offload: the GRO at the pinned gVisor leaves merged
-// packets' IPv4 and TCP checksums stale, so netstack would drop them
-// otherwise. Outbound packets go through a channel.Endpoint, one per Read,
+// Tailscale's netstack does (wgengine/netstack/gro). Like Tailscale it
+// verifies each packet's IPv4 header and TCP or UDP checksum before GRO and
+// reports receive checksum offload: the GRO at the pinned gVisor leaves
+// merged packets' IPv4 and TCP checksums stale, so netstack would drop them
+// otherwise. Tailscale takes a GRO from a sync.Pool per batch; this device
+// keeps one, so what a Flush leaves held comes out at the next Write. Outbound packets go through a channel.Endpoint, one per Read,
 // as in wireguard-go's tun/netstack.
 //
 // With GRO disabled it is wireguard-go's tun/netstack with its leak fixed:
@@ -144,6 +147,9 @@ func (d *groDevice) Write(bufs [][]byte, offset int) (int, error) {
 		default:
 			continue
 		}
+		if d.ep.trust && !checksumsValid(p) {
+			continue // as Tailscale's RXChecksumOffload drops it
+		}
 		d.in += uint64(tcpPayload(p))
 		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(p)})
 		pkt.NetworkProtocolNumber = proto
@@ -179,4 +185,38 @@ func (d *groDevice) Close() error {
 	d.ep.Close()
 	close(d.events)
 	return nil
+}
+
+// checksumsValid checks what netstack would have checked without the
+// offload claim: the IPv4 header checksum, and the TCP or UDP checksum of
+// a packet that is not a fragment.
+func checksumsValid(p []byte) bool {
+	var l4 []byte
+	var xsum uint16
+	var proto tcpip.TransportProtocolNumber
+	switch header.IPVersion(p) {
+	case header.IPv4Version:
+		ip := header.IPv4(p)
+		if !ip.IsValid(len(p)) || ip.CalculateChecksum() != 0xffff {
+			return false
+		}
+		if ip.More() || ip.FragmentOffset() != 0 {
+			return true
+		}
+		proto, l4 = ip.TransportProtocol(), ip.Payload()
+		xsum = header.PseudoHeaderChecksum(proto, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(l4)))
+	case header.IPv6Version:
+		ip := header.IPv6(p)
+		if !ip.IsValid(len(p)) {
+			return false
+		}
+		proto, l4 = ip.TransportProtocol(), ip.Payload()
+		xsum = header.PseudoHeaderChecksum(proto, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(l4)))
+	default:
+		return false
+	}
+	if proto != header.TCPProtocolNumber && proto != header.UDPProtocolNumber {
+		return true // netstack checks the rest (ICMP) itself
+	}
+	return checksum.Checksum(l4, xsum) == 0xffff
 }

@@ -9,10 +9,17 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 )
+
+// childAttr makes the receiving process die with the benchmark, so that an
+// interrupted run leaves no receiver behind.
+func childAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+}
 
 // errNoRoot says why the kernel sender is not available.
 var errNoRoot = errors.New("the kernel sender needs root (a network namespace and a TUN device)")

@@ -2,8 +2,13 @@
 
 package main
 
-import "errors"
+import (
+	"errors"
+	"syscall"
+)
 
 var errNoRoot = errors.New("the kernel sender needs Linux")
 
 func newKernelSender(key, string, int) (*sender, error) { return nil, errNoRoot }
+
+func childAttr() *syscall.SysProcAttr { return nil }
