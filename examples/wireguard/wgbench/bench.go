@@ -45,6 +45,7 @@ type result struct {
 	row
 	Child     childResult
 	SenderRd  batches // what the sending TUN device gave wireguard-go per Read
+	SenderTx  batches // what the sending wireguard-go handed its bind per Send
 	Verified  bool    // every stream's SHA-256 matched
 	Gbps      float64
 	CPUPerGB  float64 // receiving process, s/GB
@@ -126,6 +127,7 @@ func runRow(ctx context.Context, r row) (result, error) {
 		return res, fmt.Errorf("receiver: %s", res.Child.Err)
 	}
 	res.SenderRd = s.dev.readBatches()
+	res.SenderTx = s.bind.sendBatches()
 	res.Verified = true
 	for i, p := range res.Child.Ports {
 		if res.Child.SHA256[i] != sent[p] {
@@ -188,8 +190,8 @@ func send(ctx context.Context, s *sender, r row) (map[int]string, error) {
 
 // header and format print the table.
 func tableHeader() string {
-	return "| sender | receiver | IP | streams | MiB | Gbit/s | recv CPU s/GB | netstack s/GB | netstack share | seg/pkt | pkts/Write mean (max) | sender pkts/Read mean (max) | Writes leaving data held | SHA-256 |\n" +
-		"|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+	return "| sender | receiver | IP | streams | MiB | Gbit/s | recv CPU s/GB | netstack s/GB | netstack share | seg/pkt | pkts/Write mean (max) | sender pkts/Read mean (max) | sender pkts/Send mean (max) | Writes leaving data held | SHA-256 |\n" +
+		"|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 }
 
 func (r result) format() string {
@@ -213,10 +215,10 @@ func (r result) format() string {
 	if r.Receiver != recvInject && r.Receiver != recvPerPacket {
 		held = fmt.Sprint(r.Child.HeldWrites)
 	}
-	return fmt.Sprintf("| %s | %s | %s | %s | %d | %.2f | %.2f | %.2f | %.0f %% | %s | %.1f (%d) | %.1f (%d) | %s | %s |",
+	return fmt.Sprintf("| %s | %s | %s | %s | %d | %.2f | %.2f | %.2f | %.0f %% | %s | %.1f (%d) | %.1f (%d) | %.1f (%d) | %s | %s |",
 		r.Sender, r.Receiver, ip, streams, r.Bytes*int64(r.Streams)>>20, r.Gbps, r.CPUPerGB, r.NSPerGB,
 		100*r.Child.Shares["netstack"], seg, r.Child.Writes.Mean(), r.Child.Writes.Max,
-		r.SenderRd.Mean(), r.SenderRd.Max, held, ok)
+		r.SenderRd.Mean(), r.SenderRd.Max, r.SenderTx.Mean(), r.SenderTx.Max, held, ok)
 }
 
 // rows is the table: every receiver side by side for each sender, IP

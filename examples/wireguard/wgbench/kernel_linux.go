@@ -12,6 +12,7 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 )
 
@@ -121,14 +122,16 @@ func newKernelSender(k key, peerPublic string, peerPort int) (*sender, error) {
 	dev := &counted{Device: d}
 	// The bind's sockets are made on this goroutine's thread, outside the
 	// namespace: the tunnel runs over the host's loopback.
-	wg, _, err := newWG(dev, k.Private, peerPublic, fmt.Sprintf("127.0.0.1:%d", peerPort), []string{receiverV4 + "/32", receiverV6 + "/128"})
+	bind := &countingBind{Bind: conn.NewDefaultBind()}
+	wg, _, err := newWG(dev, bind, k.Private, peerPublic, fmt.Sprintf("127.0.0.1:%d", peerPort), []string{receiverV4 + "/32", receiverV6 + "/128"})
 	if err != nil {
 		d.Close()
 		ns.close()
 		return nil, err
 	}
 	return &sender{
-		dev: dev,
+		dev:  dev,
+		bind: bind,
 		dial: func(ctx context.Context, localPort int, to netip.AddrPort) (c net.Conn, err error) {
 			from := senderV4
 			if to.Addr().Is6() {

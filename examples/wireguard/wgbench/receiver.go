@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/google/pprof/profile"
+	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/tun/netstack"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -211,7 +212,7 @@ func receive(cfg childConfig, ready func(port int) error) (childResult, error) {
 	}
 	defer rn.close()
 	dev := &counted{Device: rn.dev, held: rn.held}
-	wg, port, err := newWG(dev, cfg.Key.Private, cfg.PeerPublic, "", []string{senderV4 + "/32", senderV6 + "/128"})
+	wg, port, err := newWG(dev, conn.NewDefaultBind(), cfg.Key.Private, cfg.PeerPublic, "", []string{senderV4 + "/32", senderV6 + "/128"})
 	if err != nil {
 		return res, err
 	}

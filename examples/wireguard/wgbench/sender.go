@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 
+	"golang.zx2c4.com/wireguard/conn"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -24,6 +25,7 @@ const (
 // wireguard-go.
 type sender struct {
 	dev   *counted
+	bind  *countingBind
 	dial  func(ctx context.Context, localPort int, to netip.AddrPort) (net.Conn, error)
 	close func()
 }
@@ -46,13 +48,15 @@ func newNetstackSender(k key, peerPublic string, peerPort int) (*sender, error) 
 		return nil, err
 	}
 	dev := &counted{Device: d}
-	wg, _, err := newWG(dev, k.Private, peerPublic, fmt.Sprintf("127.0.0.1:%d", peerPort), []string{receiverV4 + "/32", receiverV6 + "/128"})
+	bind := &countingBind{Bind: conn.NewDefaultBind()}
+	wg, _, err := newWG(dev, bind, k.Private, peerPublic, fmt.Sprintf("127.0.0.1:%d", peerPort), []string{receiverV4 + "/32", receiverV6 + "/128"})
 	if err != nil {
 		s.Destroy()
 		return nil, err
 	}
 	return &sender{
-		dev: dev,
+		dev:  dev,
+		bind: bind,
 		dial: func(ctx context.Context, localPort int, to netip.AddrPort) (net.Conn, error) {
 			proto, from := ipv4.ProtocolNumber, netip.MustParseAddr(senderV4)
 			if to.Addr().Is6() {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	"golang.org/x/crypto/curve25519"
 	"golang.zx2c4.com/wireguard/conn"
@@ -42,12 +43,11 @@ const (
 	dataPort   = 5201
 )
 
-// newWG starts a wireguard-go device on dev with its default bind (UDP
-// with GSO and GRO on Linux), listening on a free UDP port, with one peer.
+// newWG starts a wireguard-go device on dev with bind, listening on a free UDP port, with one peer.
 // endpoint is the peer's UDP address, or empty to learn it from the
 // handshake. It returns the device and its UDP port.
-func newWG(dev tun.Device, priv, peerPub, endpoint string, allowed []string) (*device.Device, int, error) {
-	wg := device.NewDevice(dev, conn.NewDefaultBind(), device.NewLogger(device.LogLevelSilent, ""))
+func newWG(dev tun.Device, bind conn.Bind, priv, peerPub, endpoint string, allowed []string) (*device.Device, int, error) {
+	wg := device.NewDevice(dev, bind, device.NewLogger(device.LogLevelSilent, ""))
 	var cfg strings.Builder
 	fmt.Fprintf(&cfg, "private_key=%s\nlisten_port=0\npublic_key=%s\n", priv, peerPub)
 	if endpoint != "" {
@@ -84,4 +84,22 @@ func listenPort(wg *device.Device) (int, error) {
 		}
 	}
 	return 0, fmt.Errorf("wireguard: no listen_port in %q", get)
+}
+
+// countingBind is wireguard-go's bind, counting what each Send call sends:
+// the batches that the bind then coalesces with UDP GSO.
+type countingBind struct {
+	conn.Bind
+	sends, sent, maxSend atomic.Uint64
+}
+
+func (b *countingBind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	b.sends.Add(1)
+	b.sent.Add(uint64(len(bufs)))
+	setMax(&b.maxSend, uint64(len(bufs)))
+	return b.Bind.Send(bufs, ep)
+}
+
+func (b *countingBind) sendBatches() batches {
+	return batches{b.sends.Load(), b.sent.Load(), b.maxSend.Load()}
 }
