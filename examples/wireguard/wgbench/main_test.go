@@ -33,23 +33,19 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// TestEndToEnd runs a few small rows of the table with real wireguard-go
+// TestEndToEnd runs nine small rows of the table with real wireguard-go
 // at both ends and checks that every byte arrives (SHA-256 per stream), that
 // the figures were taken, and that netlro merged without dropping or
 // failing a checksum. The kernel sender's rows skip without root.
 func TestEndToEnd(t *testing.T) {
-	const size = 4 << 20
+	const size = 2 << 20
 	rs := []row{
 		{Sender: sendNetstack, Receiver: recvInject, Streams: 1},
 		{Sender: sendNetstack, Receiver: recvPerPacket, Streams: 1},
 		{Sender: sendNetstack, Receiver: recvGRO, Streams: 1},
-		{Sender: sendNetstack, Receiver: recvLRO, Streams: 1},
 		{Sender: sendNetstack, Receiver: recvLROTrust, Streams: 1},
-		{Sender: sendNetstack, Receiver: recvGRO, IPv6: true, Streams: 4},
 		{Sender: sendNetstack, Receiver: recvLRO, IPv6: true, Streams: 4},
 		{Sender: sendNetstack, Receiver: recvGRO, Streams: 4, SameBucket: true},
-		{Sender: sendNetstack, Receiver: recvLRO, Streams: 4, SameBucket: true},
-		{Sender: sendKernel, Receiver: recvInject, Streams: 1},
 		{Sender: sendKernel, Receiver: recvGRO, Streams: 1},
 		{Sender: sendKernel, Receiver: recvLRO, Streams: 1},
 		{Sender: sendKernel, Receiver: recvLRO, IPv6: true, Streams: 4},
