@@ -9,6 +9,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/netlro/netlro/lro"
 )
 
 // fragmentDispatcher is lro's "receive in pages" entry point
@@ -56,6 +58,9 @@ type link struct {
 var (
 	_ stack.LinkEndpoint = (*link)(nil)
 	_ stack.GSOEndpoint  = (*link)(nil)
+	// The engine lroendpoint attaches us to takes fragments: if its method
+	// changed, deliver would quietly build a PacketBuffer per packet.
+	_ fragmentDispatcher = (*lro.Engine)(nil)
 )
 
 func newLink(mtu uint32, queueLen int, tso, trust bool) *link {
@@ -147,6 +152,9 @@ func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 // read fills bufs[i][offset:] with outbound packets, cutting TCP packets
 // larger than the MTU into segments; see Device.Read.
 func (l *link) read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	if len(bufs) == 0 {
+		return 0, nil
+	}
 	l.readMu.Lock()
 	defer l.readMu.Unlock()
 	n := 0
