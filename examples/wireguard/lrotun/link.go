@@ -9,13 +9,12 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-
-	"github.com/netlro/netlro/lro"
 )
 
 // fragmentDispatcher is lro's "receive in pages" entry point
 // (lro.FragmentDispatcher), found on the dispatcher by a type assertion:
 // the engine takes a packet's views without a PacketBuffer built for it.
+// TestTransfer checks that the engine lroendpoint attaches us to has it.
 type fragmentDispatcher interface {
 	DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderLen int, buf buffer.Buffer)
 }
@@ -58,9 +57,6 @@ type link struct {
 var (
 	_ stack.LinkEndpoint = (*link)(nil)
 	_ stack.GSOEndpoint  = (*link)(nil)
-	// The engine lroendpoint attaches us to takes fragments: if its method
-	// changed, deliver would quietly build a PacketBuffer per packet.
-	_ fragmentDispatcher = (*lro.Engine)(nil)
 )
 
 func newLink(mtu uint32, queueLen int, tso, trust bool) *link {
