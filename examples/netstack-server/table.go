@@ -21,6 +21,9 @@ type table struct {
 	tw       *tabwriter.Writer
 	terminal bool // w is a terminal: show a progress line
 	desc     string
+	// base is the netstack row, once it has run: every row's ratios are
+	// to it, so that a reader need not work them out.
+	base *iperf.Result
 }
 
 func newTable(w io.Writer, asJSON bool) *table {
@@ -41,7 +44,7 @@ func (t *table) header(desc string) {
 	fmt.Fprintf(t.w, "netstack-server: %s\n", desc)
 	fmt.Fprintf(t.w, "%s/%s, %d CPUs, %s\n\n", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), time.Now().UTC().Format("2006-01-02"))
 	t.tw = tabwriter.NewWriter(t.w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(t.tw, "mode\t  transfer\t  seconds\t  bitrate\t  CPU s/GB\t  sender s/GB\t  packets/GB\t  seg/pkt\t  SHA-256\t")
+	fmt.Fprintln(t.tw, "mode\t  transfer\t  seconds\t  bitrate\t  CPU s/GB\t  sender s/GB\t  packets/GB\t  seg/pkt\t  rate x\t  CPU x\t  SHA-256\t")
 }
 
 // progress returns the progress callback of one row: a line rewritten in
@@ -81,8 +84,16 @@ func (t *table) row(r iperf.Result) {
 	if r.Sent.CPUSeconds > 0 {
 		sender = fmt.Sprintf("%.2f", r.SenderCPUPerGB())
 	}
-	fmt.Fprintf(t.tw, "%s\t  %s\t  %.2f\t  %s\t  %.2f\t  %s\t  %s\t  %s\t  %s\t\n",
-		r.Mode, humanBytes(r.Bytes), r.Seconds, bitrate(r.Gbps()), r.CPUPerGB(), sender, humanCount(r.PacketsPerGB()), segs, sha)
+	if r.Mode == iperf.ModeNetstack {
+		t.base = &r
+	}
+	rate, cpu := "-", "-"
+	if t.base != nil {
+		rate = ratio(r.Gbps(), t.base.Gbps())
+		cpu = ratio(r.CPUPerGB(), t.base.CPUPerGB())
+	}
+	fmt.Fprintf(t.tw, "%s\t  %s\t  %.2f\t  %s\t  %.2f\t  %s\t  %s\t  %s\t  %s\t  %s\t  %s\t\n",
+		r.Mode, humanBytes(r.Bytes), r.Seconds, bitrate(r.Gbps()), r.CPUPerGB(), sender, humanCount(r.PacketsPerGB()), segs, rate, cpu, sha)
 	if t.terminal {
 		t.tw.Flush()
 	}
@@ -99,11 +110,14 @@ func (t *table) finish(results []iperf.Result) error {
 		}{t.desc, results})
 	}
 	t.tw.Flush()
-	fmt.Fprintln(t.w, "\nCPU s/GB: receiving process CPU time (user+system) per 10^9 bytes; sender s/GB: the same for")
-	fmt.Fprintln(t.w, "the sending process; packets/GB: IP packets into the receiver's netstack per 10^9 bytes;")
-	fmt.Fprintln(t.w, "seg/pkt: segments per packet netlro delivered.")
+	fmt.Fprint(t.w, legend)
+	engines := false
 	for _, r := range results {
 		if r.LRO != nil {
+			if !engines {
+				fmt.Fprint(t.w, engineLegend)
+				engines = true
+			}
 			fmt.Fprintf(t.w, "\n%s engine: %s\n", r.Mode, indent(r.LRO.String()))
 		}
 	}
@@ -113,6 +127,38 @@ func (t *table) finish(results []iperf.Result) error {
 		}
 	}
 	return nil
+}
+
+// legend explains the table's columns, and which of its figures to trust.
+const legend = `
+CPU s/GB: the receiving process's CPU time (user+system) per 10^9 bytes received; sender s/GB:
+the same for the sending process; packets/GB: IP packets into the receiver's netstack per 10^9
+bytes; seg/pkt: segments per packet netlro delivered; rate x, CPU x: the row's bitrate and its
+CPU s/GB divided by the netstack row's (gVisor's fdbased alone, no offload).
+CPU x is the steady figure: it moves little from run to run. The bitrates depend on how fast the
+sender and the shared machine run at that moment, netstack alone's most of all, so rate x moves
+much more between runs; read it as a rough figure.
+`
+
+// engineLegend explains the engine counter lines printed under the table
+// (lro.Stats.String).
+const engineLegend = `
+Engine counters of each netlro row (lro.Stats): in: packets the reader handed to the engine;
+out: packets delivered to netstack; merged S segments into P packets (in/out per packet).
+flush: why held packets were delivered: batch (the reader ended a batch), limit (MaxSegments or
+MaxBytes reached), order (a packet of the flow that cannot merge came), mismatch (a segment whose
+headers differ), evict (the flow table was full), timer (FlushDelay passed with no batch end).
+pass: packets delivered unchanged, by reason: tcp-flags (no payload, or SYN, FIN, RST, URG, ECE,
+CWR, no ACK, CE mark), out-of-order (not the next sequence number), tcp-options, bad-checksum, ...
+drop: only with ClaimChecksumOffload, packets whose checksums failed or could not be checked.
+`
+
+// ratio formats a/b as a factor, or "-" when b is zero.
+func ratio(a, b float64) string {
+	if b == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2fx", a/b)
 }
 
 func indent(s string) string { return strings.ReplaceAll(s, "\n", "\n  ") }
