@@ -67,7 +67,8 @@ type Config struct {
 	// FlushDelay bounds how long a packet is held when the lower endpoint
 	// never calls Flush. One timer is armed per batch of holds, never one
 	// per packet. 0 means DefaultFlushDelay; negative means never, for a
-	// lower endpoint that always ends its batches with Flush.
+	// lower endpoint, or a program feeding its own batches, that ends
+	// every batch with Flush.
 	FlushDelay time.Duration
 	// Shards is the number of independently locked parts of the flow
 	// table, rounded up to a power of two. 0 means one per CPU where each

@@ -24,6 +24,37 @@
 // sums, so netstack verifies them as it verifies any packet. A segment whose
 // checksum fails never merges.
 //
+// Most programs do not use an Engine directly: lroendpoint wraps a link
+// endpoint with one. The examples (example_test.go here and in
+// lroendpoint and fdbased) build their packets with gVisor's header
+// package and can be copied as they are.
+//
+// # What merges
+//
+// A segment is appended to its flow's held packet when all of these hold:
+//
+//   - IPv4 without options, not a fragment, or IPv6 without extension
+//     headers; no ECN CE mark; no bytes past the IP length.
+//   - TCP with ACK set and a payload, and none of SYN, FIN, RST, URG, ECE
+//     or CWR. PSH merges, and the merged packet carries it.
+//   - No TCP options, or exactly NOP, NOP, timestamp (a 32-byte TCP
+//     header), the layout inet_lro accepts.
+//   - Its IPv4 header and TCP checksums are valid (or the lower endpoint
+//     validated them).
+//   - Its sequence number is the next one of the held packet, and its
+//     header length, TOS and TTL are the held packet's; its ACK and TSval
+//     are not older than the held packet's.
+//   - The merged packet stays within Config.MaxSegments, Config.MaxBytes
+//     and a 65535-byte IP packet.
+//
+// A segment that passes the first four rules and finds no held packet
+// starts a session. One that is next in sequence but differs otherwise
+// (another TTL, an older ACK or TSval) or would overfill the held packet
+// ends its flow's session and starts the next. Anything else, an
+// out-of-sequence segment (a retransmission or a gap) among them, is
+// delivered unchanged, after its flow's held packet when it is TCP, and
+// Stats counts why (PassTCPFlags, PassTCPOptions, PassOutOfOrder, ...).
+//
 // Two rule sets, chosen by Config.Resegmentable:
 //
 //   - false (inet_lro): data segments merge whatever their ACK or window;
@@ -31,7 +62,8 @@
 //     PSH if any segment had it.
 //   - true (Linux GRO, net/ipv4/tcp_offload.c): ACK, window and options must
 //     be identical and all segments but the last have the same size, so the
-//     merged packet can be cut back into exactly the segments that arrived.
+//     merged packet can be cut back into exactly the segments that arrived;
+//     a PSH or a short segment ends the packet.
 //
 // # Locking, delivery and bounds
 //
@@ -80,7 +112,7 @@
 //     packet is acknowledged as one segment.
 //   - Holding a batch of pooled views and releasing them together, as
 //     merging must, scales poorly across goroutines in gVisor's buffer pool
-//     (BenchmarkParallelDeliverers, row baseline-held: about 1.25x with
-//     two goroutines); with a Queue each, the engine adds no shared lock
+//     (BenchmarkParallelDeliverers, row baseline-held; its figures are in
+//     docs/results.md); with a Queue each, the engine adds no shared lock
 //     or cache line of its own.
 package lro

@@ -83,7 +83,7 @@ func Example() {
 		deliver(segment(1000+i*1448, header.TCPFlagAck, payload))
 	}
 	deliver(segment(1000+3*1448, header.TCPFlagAck, nil)) // a pure ACK passes through
-	e.Flush()                                               // the lower endpoint's batch end
+	e.Flush()                                             // the lower endpoint's batch end
 
 	st := e.Stats()
 	fmt.Printf("%d packets in, %d out, %d segments merged\n", st.PacketsIn, st.PacketsOut, st.SegmentsMerged)

@@ -27,9 +27,10 @@ func (k *flowKey) equal(o *flowKey) bool {
 
 // hash mixes the key with a per-engine random seed, so a peer cannot
 // choose addresses and ports that put every flow in one bucket. It reads
-// the key a word at a time (jenkins one-at-a-time, fdbased's
-// connectionHash, costs a step per byte), in three independent mixes and a
-// final one: a chain of six cost 8 ns, 6% of a merged segment.
+// the key a word at a time, where jenkins one-at-a-time (fdbased's
+// connectionHash) takes a step per byte, in three independent mixes and a
+// final one, which the CPU can run side by side where a chain of six mixes
+// would run one after another.
 func (k *flowKey) hash(seed uint64) uint64 {
 	le := binary.LittleEndian
 	a := mix(le.Uint64(k.src[:8])^seed, le.Uint64(k.src[8:])^0xa0761d6478bd642f)

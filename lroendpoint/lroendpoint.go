@@ -1,5 +1,3 @@
-// Package lroendpoint wraps any stack.LinkEndpoint with an lro.Engine, so
-// that netstack receives merged TCP packets.
 package lroendpoint
 
 import (
