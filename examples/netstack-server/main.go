@@ -14,7 +14,10 @@
 //	netlro-offload  the same with lro.Config{ClaimChecksumOffload: true}
 //
 // Every stream is a seeded pseudo-random byte stream whose SHA-256 the
-// receiver compares with the sender's.
+// receiver compares with the sender's. Each row shows its bitrate and its
+// CPU time per GB as ratios to the netstack row; the CPU ratio is the
+// steady one, as the legend printed under the table says, and the engine
+// counter lines under it say why held packets left and why others passed.
 //
 // -soak runs many flows both ways over an impaired link in this process,
 // tearing both stacks down under traffic and building them again every
