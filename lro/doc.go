@@ -57,9 +57,9 @@
 //
 // Two rule sets, chosen by Config.Resegmentable:
 //
-//   - false (inet_lro): data segments merge whatever their ACK or window;
-//     the merged header carries the newest ACK, window, TSval and TSecr, and
-//     PSH if any segment had it.
+//   - false (inet_lro): data segments merge whatever their window and
+//     however far their ACK moved on; the merged header carries the newest
+//     ACK, window, TSval and TSecr, and PSH if any segment had it.
 //   - true (Linux GRO, net/ipv4/tcp_offload.c): ACK, window and options must
 //     be identical and all segments but the last have the same size, so the
 //     merged packet can be cut back into exactly the segments that arrived;
