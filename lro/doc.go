@@ -33,17 +33,19 @@
 //
 // A segment is appended to its flow's held packet when all of these hold:
 //
-//   - IPv4 without options, not a fragment, or IPv6 without extension
-//     headers; no ECN CE mark; no bytes past the IP length.
-//   - TCP with ACK set and a payload, and none of SYN, FIN, RST, URG, ECE
-//     or CWR. PSH merges, and the merged packet carries it.
+//   - IPv4 without options, not a fragment, or IPv6 with no extension
+//     headers but Hop-by-Hop, Routing (no segments left) and Destination
+//     Options; no ECN CE mark; no bytes past the IP length.
+//   - TCP with ACK set and a payload, and none of SYN, FIN, RST or URG; ECE
+//     and CWR never by default, and under Resegmentable only when the held
+//     packet has the same. PSH merges, and the merged packet carries it.
 //   - No TCP options, or exactly NOP, NOP, timestamp (a 32-byte TCP
 //     header), the layout inet_lro accepts.
 //   - Its IPv4 header and TCP checksums are valid (or the lower endpoint
 //     validated them).
 //   - Its sequence number is the next one of the held packet, and its
-//     header length, TOS and TTL are the held packet's; its ACK and TSval
-//     are not older than the held packet's.
+//     header lengths, TOS, TTL and IPv6 extension headers are the held
+//     packet's; its ACK and TSval are not older than the held packet's.
 //   - The merged packet stays within Config.MaxSegments, Config.MaxBytes
 //     and a 65535-byte IP packet.
 //
@@ -60,10 +62,11 @@
 //   - false (inet_lro): data segments merge whatever their window and
 //     however far their ACK moved on; the merged header carries the newest
 //     ACK, window, TSval and TSecr, and PSH if any segment had it.
-//   - true (Linux GRO, net/ipv4/tcp_offload.c): ACK, window and options must
-//     be identical and all segments but the last have the same size, so the
-//     merged packet can be cut back into exactly the segments that arrived;
-//     a PSH or a short segment ends the packet.
+//   - true (Linux GRO, net/ipv4/tcp_offload.c): ACK, window, options,
+//     flags but PSH, urgent pointer and IPv6 flow label must be identical,
+//     IPv4 IDs equal or increasing by one, and all segments but the last
+//     of the same size, so the merged packet can be cut back into exactly
+//     the segments that arrived; a PSH or a short segment ends the packet.
 //
 // # Locking, delivery and bounds
 //
@@ -100,10 +103,10 @@
 //
 // # Known limits
 //
-//   - IPv6 packets with extension headers pass through without flushing
-//     their flow's held packet: their flow is not known without a header
-//     walk. TCP sorts out the rare reorder. (An IPv4 first fragment does
-//     flush its flow.)
+//   - IPv6 packets with extension headers the engine does not walk (AH,
+//     ESP, Mobility, ...) pass through without flushing their flow's held
+//     packet: their flow is not known. TCP sorts out the rare reorder.
+//     (IPv4 and IPv6 first fragments of TCP do flush their flow.)
 //   - Eviction takes the oldest session of the shard the new flow hashes
 //     to, not of the whole table; set Config.Shards to 1 for a strict
 //     oldest-first table.

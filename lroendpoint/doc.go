@@ -5,7 +5,7 @@
 // How held packets reach netstack depends on the lower endpoint:
 //
 //   - This project's fdbased ends every batch it reads with a Flush and
-//     hands frames over as pooled views (lro.FragmentDispatcher), so a
+//     hands frames over as pooled views (rxbatch.FragmentDispatcher), so a
 //     batch's segments leave at its end. This is the fast path; the
 //     engine's timer can be turned off (lro.Config.FlushDelay < 0).
 //   - An endpoint that knows nothing of batches (gVisor's fdbased,

@@ -18,8 +18,8 @@ import (
 // held.
 //
 // The lower endpoint is attached to the engine itself, so a lower endpoint
-// that knows lro.Flusher or lro.FragmentDispatcher (this project's fdbased)
-// finds them by a type assertion on its dispatcher.
+// that knows rxbatch.Flusher or rxbatch.FragmentDispatcher (this
+// project's fdbased) finds them by a type assertion on its dispatcher.
 //
 // Teardown works in the order netstack and its users call it, under
 // traffic: Stack.Destroy, Stack.RemoveNIC, Close, Attach(nil) and Wait, in
@@ -69,7 +69,7 @@ func New(lower stack.LinkEndpoint, cfg lro.Config) (*Endpoint, error) {
 // Stats returns a snapshot of the engine's counters.
 func (e *Endpoint) Stats() lro.Stats { return e.engine.Stats() }
 
-// Flush implements lro.Flusher: it delivers every held packet.
+// Flush implements rxbatch.Flusher: it delivers every held packet.
 func (e *Endpoint) Flush() { e.engine.Flush() }
 
 // Lower returns the wrapped endpoint.
