@@ -2,9 +2,17 @@ package main
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
+	"io"
+	"net"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/netlro/netlro/internal/iperf"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -70,4 +78,62 @@ func TestSoak(t *testing.T) {
 	assert.Positive(t, sum.Pump.Dropped+sum.Pump.Corrupted, "the mixed profile impaired the link")
 	assert.Positive(t, sum.End.Goroutines)
 	assert.Positive(t, sum.End.RSS)
+}
+
+// TestSoakReceiveShortEOF holds the receive side's rule for a stream that
+// ends with a clean EOF before its size: gonet reports a connection closed
+// by the teardown as EOF, so during a teardown a correct prefix is a cut;
+// anything else, or a short stream outside a teardown, is wrong.
+func TestSoakReceiveShortEOF(t *testing.T) {
+	const seed, size, short = 7, 50000, 20000
+	stream := func(flip bool) []byte {
+		b := make([]byte, short)
+		_, _ = io.ReadFull(iperf.NewSource(seed, 1), b)
+		if flip {
+			b[short/2] ^= 1
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		name    string
+		tearing bool
+		flip    bool
+		wrong   bool // what account counts it as: wrong, or else cut
+	}{
+		{name: "prefix at teardown", tearing: true},
+		{name: "corrupt prefix at teardown", tearing: true, flip: true, wrong: true},
+		{name: "prefix outside a teardown", wrong: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := &soak{o: soakOptions{seed: seed}, out: io.Discard, errOut: io.Discard, start: time.Now()}
+			c := &cycle{s: s, n: 1, start: time.Now(), streams: map[uint64]*soakStream{}}
+			c.lastRead.Store(c.start.UnixNano())
+			st := &soakStream{id: 1, dir: "forward", size: size, started: time.Now()}
+			h := sha256.New()
+			_, _ = io.CopyN(h, iperf.NewSource(seed, 1), size)
+			st.sent = streamEnd{done: true, bytes: size, sum: hex.EncodeToString(h.Sum(nil))}
+			c.streams[1] = st
+			if tc.tearing {
+				c.tearing.Store(true)
+				c.tearAt.Store(time.Now().UnixNano())
+			}
+			a, b := net.Pipe()
+			go func() {
+				var hdr [8]byte
+				binary.BigEndian.PutUint64(hdr[:], 1)
+				_, _ = a.Write(hdr[:])
+				_, _ = a.Write(stream(tc.flip))
+				a.Close()
+			}()
+			c.receive(b)
+			var res soakCycle
+			c.account(&res)
+			if tc.wrong {
+				assert.Equal(t, 1, res.Wrong, "wrong")
+			} else {
+				assert.Equal(t, 0, res.Wrong, "wrong")
+				assert.Equal(t, 1, res.Cut, "cut")
+			}
+		})
+	}
 }
