@@ -17,9 +17,11 @@ import (
 // the ClaimChecksumOffload mode, and detaching releases what the engine
 // held.
 //
-// The lower endpoint is attached to the engine itself, so a lower endpoint
-// that knows rxbatch.Flusher or rxbatch.FragmentDispatcher (this
-// project's fdbased) finds them by a type assertion on its dispatcher.
+// The lower endpoint is attached to a dispatcher that hands every packet
+// to the engine, or past it while SetMerging has turned merging off, and
+// that implements rxbatch.Flusher and rxbatch.FragmentDispatcher, so a lower
+// endpoint that knows them (this project's fdbased) finds them by a type
+// assertion on its dispatcher.
 //
 // Teardown works in the order netstack and its users call it, under
 // traffic: Stack.Destroy, Stack.RemoveNIC, Close, Attach(nil) and Wait, in
@@ -34,7 +36,8 @@ type Endpoint struct {
 	lower  stack.LinkEndpoint
 	engine *lro.Engine
 	claim  bool
-	gate   gate // to the NIC, while attached
+	gate   gate        // to the NIC, while attached
+	sw     mergeSwitch // SetMerging
 
 	mu sync.Mutex // serializes Attach, Wait and Close
 	// detaching is closed when a background detach ends; nil if none runs.
@@ -95,7 +98,7 @@ func (e *Endpoint) Attach(dispatcher stack.NetworkDispatcher) {
 		e.reattach = true
 		return
 	}
-	e.lower.Attach(e.engine)
+	e.lower.Attach(e.dispatcher())
 }
 
 // detachLocked is Attach(nil). It never delivers into netstack: a
@@ -131,7 +134,7 @@ func (e *Endpoint) detachLater(done chan struct{}) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.reattach && e.gate.isOpen() {
-		e.lower.Attach(e.engine)
+		e.lower.Attach(e.dispatcher())
 	}
 	e.reattach = false
 	e.detaching = nil

@@ -1,0 +1,216 @@
+package lroendpoint
+
+import (
+	"context"
+	"crypto/sha256"
+	"io"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/link/nested"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/netlro/netlro/internal/testpacket"
+	"github.com/netlro/netlro/lro"
+)
+
+// orderCheck sits between the lroendpoint and netstack and checks that
+// the data of the one flow under test reaches netstack in sequence: a
+// segment that starts past the next expected byte means that something
+// was lost or overtaken on the way through the endpoint.
+type orderCheck struct {
+	nested.Endpoint
+	mu      sync.Mutex
+	next    uint32 // next expected sequence number, once started
+	started bool
+	gaps    int // data that started past next
+	packets int // data packets seen
+}
+
+// DeliverNetworkPacket implements stack.NetworkDispatcher.
+func (o *orderCheck) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	o.check(pkt)
+	o.Endpoint.DeliverNetworkPacket(proto, pkt)
+}
+
+func (o *orderCheck) check(pkt *stack.PacketBuffer) {
+	v := pkt.ToView()
+	defer v.Release()
+	b := v.AsSlice()
+	ip := header.IPv4(b)
+	if len(b) < header.IPv4MinimumSize || !ip.IsValid(len(b)) || ip.TransportProtocol() != header.TCPProtocolNumber {
+		return
+	}
+	tcpb := header.TCP(ip.Payload())
+	if len(tcpb) < header.TCPMinimumSize || int(tcpb.DataOffset()) > len(tcpb) {
+		return
+	}
+	n := uint32(len(tcpb) - int(tcpb.DataOffset()))
+	if n == 0 {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.packets++
+	seq := tcpb.SequenceNumber()
+	switch {
+	case !o.started:
+		o.started = true
+	case int32(seq-o.next) > 0:
+		o.gaps++
+	case int32(seq+n-o.next) <= 0:
+		return // a retransmission of what arrived already
+	}
+	o.next = seq + n
+}
+
+// TestSetMergingUnderTraffic sends a seeded stream into netstack through
+// the endpoint while merging is turned off and on every few dozen packets,
+// from the goroutine that delivers them, so that packets are held at each
+// switch: the stream arrives intact and in order, and both halves did
+// their part.
+func TestSetMergingUnderTraffic(t *testing.T) {
+	txLink, rxLink := channel.New(8192, 1500, ""), channel.New(8192, 1500, "")
+	e, err := New(rxLink, lro.Config{})
+	require.NoError(t, err)
+	var oc orderCheck
+	oc.Init(e, &oc)
+	tx := newStack(t, txLink, addr4[0])
+	rx := newStack(t, &oc, addr4[1])
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var switches, offPackets, injected int
+	wg.Go(func() {
+		// Forward to the receiver, switching every 37 packets: a period
+		// that is no multiple of anything the engine counts.
+		for i := 0; ; i++ {
+			pkt := txLink.ReadContext(ctx)
+			if pkt == nil {
+				return
+			}
+			if i%37 == 0 {
+				e.SetMerging(!e.Merging())
+				switches++
+			}
+			if !e.Merging() {
+				offPackets++
+			}
+			in := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(pkt.ToView())})
+			proto := pkt.NetworkProtocolNumber
+			pkt.DecRef()
+			rxLink.InjectInbound(proto, in)
+			in.DecRef()
+			injected++
+		}
+	})
+	wg.Go(func() { pump(ctx, rxLink, txLink, 0, 2, new(int)) })
+	defer func() {
+		cancel()
+		wg.Wait()
+		tx.Close()
+		rx.Close()
+		tx.Wait()
+		rx.Wait()
+	}()
+
+	addr := tcpip.FullAddress{NIC: 1, Addr: addr4[1], Port: 5201}
+	ln, err := gonet.ListenTCP(rx, addr, header.IPv4ProtocolNumber)
+	require.NoError(t, err)
+	defer ln.Close()
+	data := testpacket.Payload(7, 8<<20)
+	errc := make(chan error, 1)
+	go func() {
+		c, err := gonet.DialTCP(tx, addr, header.IPv4ProtocolNumber)
+		if err != nil {
+			errc <- err
+			return
+		}
+		_, err = c.Write(data)
+		c.Close()
+		errc <- err
+	}()
+	c, err := ln.Accept()
+	require.NoError(t, err)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(60*time.Second)), "hang guard")
+	h := sha256.New()
+	_, err = io.Copy(h, c)
+	require.NoError(t, err)
+	c.Close()
+	require.NoError(t, <-errc)
+	require.Equal(t, sha256.Sum256(data), [32]byte(h.Sum(nil)), "SHA-256 of the stream")
+
+	cancel()
+	wg.Wait()
+	st := e.Stats()
+	oc.mu.Lock()
+	defer oc.mu.Unlock()
+	t.Logf("%d switches, %d packets bypassed the engine; %d data packets into netstack; %v", switches, offPackets, oc.packets, st)
+	assert.Zero(t, oc.gaps, "data overtaken or lost between the endpoint and netstack")
+	assert.Greater(t, switches, 10)
+	assert.NotZero(t, offPackets, "packets went past the engine")
+	assert.NotZero(t, st.MergedPackets, "packets merged while merging was on")
+	assert.Equal(t, uint64(injected-offPackets), st.PacketsIn, "the engine saw only the packets of the on halves")
+}
+
+// TestSetMergingFlushesHeld checks the switch without traffic: turning
+// merging off delivers what the engine holds at once, packets delivered
+// while it is off pass one for one, and turning it on merges again.
+func TestSetMergingFlushesHeld(t *testing.T) {
+	link := channel.New(64, 1500, "")
+	e, err := New(link, lro.Config{FlushDelay: -1})
+	require.NoError(t, err)
+	d := &countDispatcher{}
+	e.Attach(d)
+	defer e.Close()
+	segs := testpacket.Segments(testpacket.TCP{}, testpacket.Payload(1, 12*1448), 1448)
+	inject := func(segs [][]byte) {
+		for _, seg := range segs {
+			pkt := testpacket.NewPacket(seg)
+			link.InjectInbound(testpacket.Proto(seg), pkt)
+			pkt.DecRef()
+		}
+	}
+	require.True(t, e.Merging())
+	inject(segs[:4])
+	require.Zero(t, d.count(), "held by the engine")
+	e.SetMerging(false)
+	require.False(t, e.Merging())
+	assert.Equal(t, 1, d.count(), "the held packet was delivered at the switch")
+	inject(segs[4:8])
+	assert.Equal(t, 5, d.count(), "one for one while off")
+	e.SetMerging(true)
+	inject(segs[8:])
+	e.Flush()
+	assert.Equal(t, 6, d.count(), "merged again")
+	st := e.Stats()
+	assert.Equal(t, uint64(8), st.PacketsIn, "the engine saw the packets of the on halves only")
+}
+
+// countDispatcher counts the packets netstack would get.
+type countDispatcher struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *countDispatcher) DeliverNetworkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {
+	c.mu.Lock()
+	c.n++
+	c.mu.Unlock()
+}
+
+func (c *countDispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
+
+func (c *countDispatcher) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
