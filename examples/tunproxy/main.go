@@ -1,0 +1,204 @@
+//go:build linux
+
+// Command tunproxy is a transparent TCP proxy on gVisor's netstack with
+// netlro, shaped like tun2socks: it reads the IP packets of a TUN device,
+// accepts every TCP connection whatever its destination, dials that
+// destination with the host's own stack, and relays the bytes both ways,
+// half-closes included.
+//
+// Route traffic into the device (a namespace's default route, or a VM's
+// or container's link) and the proxy carries it. -path chooses how
+// packets reach netstack, so the ways users feed it can be compared on the
+// same traffic:
+//
+//	netstack       gVisor's fdbased, readv, no offload (tun2socks on Linux)
+//	gvisor-gro     the same with gVisor's GRO (and RXChecksumOffload)
+//	netlro-gvisor  gVisor's fdbased wrapped by lroendpoint (timer flush)
+//	netlro-read    this project's fdbased, read(2), batch-end flush
+//	netlro-uring   the same reading with io_uring
+//	netlro-vnet    the same on a device with IFF_VNET_HDR and TSO (default)
+//
+// On SIGINT or SIGTERM it prints its counters, netlro's, and its CPU time
+// per GB relayed, and exits. SIGUSR1 turns netlro's merging off or on
+// while traffic flows, for an A/B comparison in place.
+//
+// Usage:
+//
+//	tunproxy -tun tun0 [-tun-netns /run/netns/NAME] [-path netlro-vnet]
+//	         [-mtu 1500] [-max-flows 64] [-cpuprofile F] [-json] [-v]
+//
+// The device is created if it does not exist (and goes away with the
+// proxy); configure its address, link state and routes with ip(8), or
+// create it persistent beforehand (ip tuntap add dev tun0 mode tun).
+// -tun-netns opens the device inside another network namespace, so that
+// the proxy's own dials leave from its namespace while the device carries
+// the other's traffic.
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"os/signal"
+	"runtime/pprof"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/netlro/netlro/examples/tunproxy/proxy"
+	"github.com/netlro/netlro/fdbased"
+	"github.com/netlro/netlro/lro"
+)
+
+// exitUsage is the exit code for a wrong command line or a missing
+// privilege, as flag uses.
+const exitUsage = 2
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run is main with its arguments and outputs, and returns the exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("tunproxy", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	tun := fs.String("tun", "", "TUN device `name` (created if missing)")
+	netns := fs.String("tun-netns", "", "open the TUN device in the network namespace at `path` (e.g. /run/netns/NAME)")
+	pathFlag := fs.String("path", string(proxy.DefaultPath), "receive `path` into netstack")
+	mtu := fs.Uint("mtu", 1500, "the device's `MTU`")
+	maxFlows := fs.Int("max-flows", proxy.DefaultMaxFlows, "netlro's flow table size (lro.Config.MaxFlows)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to `file`")
+	verbose := fs.Bool("v", false, "log failed dials")
+	jsonOut := fs.Bool("json", false, "print the exit report as JSON")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	logger := log.New(stderr, "", log.LstdFlags)
+	if *tun == "" || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "tunproxy: -tun is required, and no arguments")
+		fs.Usage()
+		return exitUsage
+	}
+	path, err := proxy.ParsePath(*pathFlag)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitUsage
+	}
+	fd, err := proxy.OpenTUNIn(*netns, *tun, path.VNetHdr())
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		if errors.Is(err, proxy.ErrPrivilege) {
+			return exitUsage
+		}
+		return 1
+	}
+	defer unix.Close(fd)
+	cfg := proxy.Config{FD: fd, Path: path, MTU: uint32(*mtu)}
+	cfg.LRO.MaxFlows = *maxFlows
+	if *verbose {
+		cfg.Logf = logger.Printf
+	}
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(stderr, "tunproxy:", err)
+			return 1
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(stderr, "tunproxy:", err)
+			return 1
+		}
+		defer pprof.StopCPUProfile()
+	}
+	p, err := proxy.New(cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	start := time.Now()
+	cpu0 := cpuTime()
+	logger.Printf("tunproxy: relaying TCP from %s (path %s, pid %d)", *tun, path, os.Getpid())
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1)
+	for sig := range sigs {
+		if sig != syscall.SIGUSR1 {
+			break
+		}
+		if p.SetMerging(!p.Merging()) {
+			logger.Printf("tunproxy: merging %v", p.Merging())
+		} else {
+			logger.Printf("tunproxy: path %s has no netlro to switch", path)
+		}
+	}
+	signal.Stop(sigs)
+	p.Close()
+	r := newReport(p, path, time.Since(start), cpuTime()-cpu0)
+	if *jsonOut {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(r); err != nil {
+			fmt.Fprintln(stderr, "tunproxy:", err)
+			return 1
+		}
+		return 0
+	}
+	r.print(stdout)
+	return 0
+}
+
+// Report is what the proxy prints when it exits.
+type Report struct {
+	Path       proxy.Path     `json:"path"`
+	Wall       float64        `json:"wall_s"`
+	CPU        float64        `json:"cpu_s"` // user and system
+	CPUPerGB   float64        `json:"cpu_s_per_gb"`
+	Proxy      proxy.Stats    `json:"proxy"`
+	LRO        *lro.Stats     `json:"lro,omitempty"`
+	MergeRatio float64        `json:"merge_ratio,omitempty"` // packets in per packet out of netlro
+	FD         *fdbased.Stats `json:"fdbased,omitempty"`
+}
+
+// newReport collects the counters of p, which ran for wall using cpu.
+func newReport(p *proxy.Proxy, path proxy.Path, wall, cpu time.Duration) Report {
+	r := Report{Path: path, Wall: wall.Seconds(), CPU: cpu.Seconds(), Proxy: p.Stats()}
+	if bytes := r.Proxy.BytesUp + r.Proxy.BytesDown; bytes > 0 {
+		r.CPUPerGB = r.CPU / (float64(bytes) / 1e9)
+	}
+	if ls, ok := p.LROStats(); ok {
+		r.LRO, r.MergeRatio = &ls, ls.MergeRatio()
+	}
+	if fs, ok := p.FDStats(); ok {
+		r.FD = &fs
+	}
+	return r
+}
+
+// print writes r for a reader.
+func (r Report) print(w io.Writer) {
+	st := r.Proxy
+	fmt.Fprintf(w, "path %s, %.1f s: %d connections relayed, %d refused (dial failed)\n", r.Path, r.Wall, st.Accepted, st.DialFailed)
+	fmt.Fprintf(w, "relayed %d bytes up, %d bytes down\n", st.BytesUp, st.BytesDown)
+	fmt.Fprintf(w, "CPU %.2f s, %.3f CPU s/GB relayed\n", r.CPU, r.CPUPerGB)
+	if fs := r.FD; fs != nil {
+		fmt.Fprintf(w, "fdbased: %d frames in %d batches (%.1f per batch), %d super-packets\n", fs.Frames, fs.Batches, fs.MeanBatch(), fs.GSOFrames)
+	}
+	if r.LRO != nil {
+		fmt.Fprintf(w, "netlro: %v\n", *r.LRO)
+	}
+}
+
+// cpuTime returns the user and system CPU time this process has used.
+func cpuTime() time.Duration {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

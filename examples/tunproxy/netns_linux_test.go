@@ -1,0 +1,327 @@
+//go:build linux
+
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+)
+
+// The test network, which exists only inside the namespaces it makes:
+//
+//	client ns: tun0 10.211.1.1/24, default route into tun0
+//	    tun0's fd is the proxy's (opened there with -tun-netns)
+//	proxy ns:  the proxy process; veth 10.211.2.1/24
+//	server ns: veth 10.211.2.2/24; iperf3 -s and the tests' listeners
+//
+// A client in the client namespace connecting to 10.211.2.2 sends into
+// the TUN device; the proxy accepts and dials 10.211.2.2 from its own
+// namespace over the veth pair.
+const (
+	clientAddr = "10.211.1.1"
+	proxyAddr  = "10.211.2.1"
+	serverAddr = "10.211.2.2"
+	tunName    = "tun0"
+)
+
+// childEnv makes the test binary run as the proxy (see TestMain).
+const childEnv = "TUNPROXY_TEST_CHILD"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) == "1" {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// topo is the three namespaces.
+type topo struct {
+	client, proxy, server string // namespace names
+}
+
+// skipUnlessNetns skips t where namespaces, TUN devices or iperf3 (when
+// wanted) are missing.
+func skipUnlessNetns(t *testing.T, needIperf3 bool) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN) for network namespaces and a TUN device")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("skipping: the ip command (iproute2) is missing")
+	}
+	if _, err := os.Stat("/dev/net/tun"); err != nil {
+		t.Skip("skipping: no /dev/net/tun")
+	}
+	if _, err := exec.LookPath("iperf3"); needIperf3 && err != nil {
+		t.Skip("skipping: iperf3 is not installed (apt-get install iperf3)")
+	}
+}
+
+// newTopo builds the namespaces; t's cleanup deletes them.
+func newTopo(t *testing.T) *topo {
+	t.Helper()
+	pid := os.Getpid()
+	tp := &topo{
+		client: fmt.Sprintf("tpc-%d", pid),
+		proxy:  fmt.Sprintf("tpp-%d", pid),
+		server: fmt.Sprintf("tps-%d", pid),
+	}
+	t.Cleanup(func() {
+		for _, ns := range []string{tp.client, tp.proxy, tp.server} {
+			exec.Command("ip", "netns", "delete", ns).Run()
+		}
+	})
+	for _, cmd := range [][]string{
+		{"netns", "add", tp.client},
+		{"netns", "add", tp.proxy},
+		{"netns", "add", tp.server},
+		{"-n", tp.client, "link", "set", "lo", "up"},
+		{"-n", tp.proxy, "link", "set", "lo", "up"},
+		{"-n", tp.server, "link", "set", "lo", "up"},
+		{"-n", tp.client, "tuntap", "add", "dev", tunName, "mode", "tun"},
+		{"-n", tp.client, "addr", "add", clientAddr + "/24", "dev", tunName},
+		{"-n", tp.client, "link", "set", tunName, "mtu", "1500", "up"},
+		{"-n", tp.client, "route", "add", "default", "dev", tunName},
+		{"link", "add", "vp", "netns", tp.proxy, "type", "veth", "peer", "name", "vs", "netns", tp.server},
+		{"-n", tp.proxy, "addr", "add", proxyAddr + "/24", "dev", "vp"},
+		{"-n", tp.server, "addr", "add", serverAddr + "/24", "dev", "vs"},
+		{"-n", tp.proxy, "link", "set", "vp", "up"},
+		{"-n", tp.server, "link", "set", "vs", "up"},
+	} {
+		out, err := exec.Command("ip", cmd...).CombinedOutput()
+		require.NoError(t, err, "ip %s: %s", strings.Join(cmd, " "), out)
+	}
+	return tp
+}
+
+// netem puts the netem qdisc spec on the client's TUN device, so that
+// what the client sends into the proxy is impaired; "" removes it.
+func (tp *topo) netem(t *testing.T, spec string) {
+	t.Helper()
+	args := []string{"-n", tp.client, "qdisc", "del", "dev", tunName, "root"}
+	if spec != "" {
+		args = append([]string{"-n", tp.client, "qdisc", "replace", "dev", tunName, "root", "netem"}, strings.Fields(spec)...)
+	}
+	out, err := exec.Command("tc", args...).CombinedOutput()
+	require.NoError(t, err, "tc %s: %s", strings.Join(args, " "), out)
+}
+
+// in runs fn on a thread inside namespace ns: sockets it makes live there.
+func in(ns string, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		// No UnlockOSThread: the thread stays in the other namespace, so
+		// the runtime discards it when this goroutine ends.
+		runtime.LockOSThread()
+		f, err := os.Open(filepath.Join("/run/netns", ns))
+		if err != nil {
+			errc <- err
+			return
+		}
+		err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
+		f.Close()
+		if err != nil {
+			errc <- fmt.Errorf("enter namespace %s: %w", ns, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// dial connects to addr from namespace ns.
+func dial(ctx context.Context, ns, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := in(ns, func() error {
+		var d net.Dialer
+		var err error
+		c, err = d.DialContext(ctx, "tcp", addr)
+		return err
+	})
+	return c, err
+}
+
+// listen listens on addr in namespace ns.
+func listen(ns, addr string) (net.Listener, error) {
+	var ln net.Listener
+	err := in(ns, func() error {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
+	return ln, err
+}
+
+// proxyProc is a proxy process running in the proxy namespace.
+type proxyProc struct {
+	cmd    *exec.Cmd
+	stdout bytes.Buffer
+	done   chan error
+}
+
+// startProxy runs the proxy on path in the proxy namespace, on the
+// client namespace's TUN device, and waits until it relays. t's cleanup
+// stops it if the test did not.
+func (tp *topo) startProxy(t *testing.T, path string, extra ...string) *proxyProc {
+	t.Helper()
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	args := append([]string{"netns", "exec", tp.proxy, exe, "-tun", tunName, "-tun-netns", "/run/netns/" + tp.client, "-path", path, "-json"}, extra...)
+	p := &proxyProc{cmd: exec.Command("ip", args...), done: make(chan error, 1)}
+	p.cmd.Env = append(os.Environ(), childEnv+"=1")
+	p.cmd.Stdout = &p.stdout
+	stderr, err := p.cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, p.cmd.Start())
+	ready := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		var log strings.Builder
+		for sc.Scan() {
+			log.WriteString(sc.Text() + "\n")
+			if strings.Contains(sc.Text(), "relaying TCP") {
+				ready <- ""
+			}
+		}
+		ready <- log.String()
+		p.done <- p.cmd.Wait()
+	}()
+	select {
+	case msg := <-ready:
+		require.Empty(t, msg, "the proxy exited before it relayed")
+	case <-time.After(30 * time.Second):
+		p.cmd.Process.Kill()
+		t.Fatal("the proxy did not start within 30 s (hang guard)")
+	}
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+// cpu returns the CPU time the proxy has used so far, user and system,
+// from /proc (in USER_HZ ticks, which Linux fixes at 100 a second).
+func (p *proxyProc) cpu(t *testing.T) time.Duration {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	require.NoError(t, err)
+	// Fields after the command name, which is in parentheses and may
+	// hold spaces: state is field 3, utime 14 and stime 15.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	require.NoError(t, err1)
+	require.NoError(t, err2)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// rss returns the proxy's resident set size in bytes.
+func (p *proxyProc) rss(t *testing.T) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	require.NoError(t, err)
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			require.NoError(t, err)
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS in /proc/pid/status")
+	return 0
+}
+
+// stop ends the proxy with SIGTERM and returns its report.
+func (p *proxyProc) stop(t *testing.T) Report {
+	t.Helper()
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
+	select {
+	case err := <-p.done:
+		require.NoError(t, err, "proxy exit")
+	case <-time.After(30 * time.Second):
+		p.cmd.Process.Kill()
+		t.Fatal("the proxy did not exit within 30 s of SIGTERM (hang guard)")
+	}
+	var r Report
+	require.NoError(t, json.Unmarshal(p.stdout.Bytes(), &r), "report: %s", p.stdout.String())
+	return r
+}
+
+// iperf3Result is what the tests read of iperf3 -J.
+type iperf3Result struct {
+	Error string `json:"error"`
+	End   struct {
+		SumReceived struct {
+			Bytes         int64   `json:"bytes"`
+			BitsPerSecond float64 `json:"bits_per_second"`
+		} `json:"sum_received"`
+	} `json:"end"`
+}
+
+// startIperf3Server runs iperf3 -s in the server namespace until t ends.
+func (tp *topo) startIperf3Server(t *testing.T) {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", tp.server, "iperf3", "-s", "-B", serverAddr)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
+	// Wait for its socket: connect from its own namespace.
+	for i := 0; ; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		c, err := dial(ctx, tp.server, net.JoinHostPort(serverAddr, "5201"))
+		cancel()
+		if err == nil {
+			c.Close()
+			return
+		}
+		require.Less(t, i, 300, "iperf3 -s did not listen within 30 s (hang guard): %v", err)
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// iperf3 runs iperf3 -c from the client namespace through the proxy.
+func (tp *topo) iperf3(t *testing.T, secs, streams int, reverse bool) iperf3Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+60)*time.Second)
+	defer cancel()
+	args := []string{"netns", "exec", tp.client, "iperf3", "-c", serverAddr, "-t", strconv.Itoa(secs), "-P", strconv.Itoa(streams), "-J"}
+	if reverse {
+		args = append(args, "-R")
+	}
+	out, err := exec.CommandContext(ctx, "ip", args...).Output()
+	var r iperf3Result
+	require.NoError(t, json.Unmarshal(out, &r), "iperf3 -J output: %s", out)
+	require.NoError(t, err, "iperf3: %s", r.Error)
+	require.Empty(t, r.Error)
+	return r
+}
+
+// readAll reads r to its end, with a hang guard on c.
+func readAll(c net.Conn, w io.Writer) (int64, error) {
+	if err := c.SetReadDeadline(time.Now().Add(120 * time.Second)); err != nil {
+		return 0, err
+	}
+	return io.Copy(w, c)
+}

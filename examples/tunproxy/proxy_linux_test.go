@@ -1,0 +1,322 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/netlro/netlro/examples/tunproxy/proxy"
+	"github.com/netlro/netlro/internal/iperf"
+)
+
+var (
+	full     = flag.Bool("tunproxy.full", false, "run the full measurement matrix (bench.sh) instead of CI's bounded subset")
+	secs     = flag.Int("tunproxy.time", 10, "seconds per iperf3 run with -tunproxy.full")
+	pprofDir = flag.String("tunproxy.pprof", "", "with -tunproxy.full, write a CPU profile of the proxy per path into `dir`")
+)
+
+// mixedNetem is the mixed impairment profile of internal/iperf (loss 1%,
+// reorder 5%, duplicate 2%, corrupt 0.5%) as a netem qdisc on the client's
+// TUN device, so it impairs what the client's kernel sends into the
+// proxy. The in-process profile is a pump between two sockets, which a
+// TUN device has no place for; netem reorders by sending 5% of packets
+// at once and delaying the others by 1 ms.
+const mixedNetem = "loss 1% duplicate 2% corrupt 0.5% delay 1ms reorder 5%"
+
+// TestIperf3ThroughProxy runs an unmodified iperf3 -c in the client
+// namespace against an unmodified iperf3 -s in the server namespace,
+// reached only through the proxy's own dials, both directions, for each
+// receive path, and prints Gbit/s and the proxy's CPU seconds per GB side
+// by side. CI runs a few paths for a second each; -tunproxy.full runs
+// every path with 1 and 8 streams.
+func TestIperf3ThroughProxy(t *testing.T) {
+	skipUnlessNetns(t, true)
+	tp := newTopo(t)
+	tp.startIperf3Server(t)
+
+	paths := []proxy.Path{proxy.PathNetstack, proxy.PathNetlroRead, proxy.PathNetlroVNet}
+	streams, dur := []int{1}, 1
+	if *full {
+		paths, streams, dur = proxy.Paths, []int{1, 8}, *secs
+	}
+	type row struct {
+		path          proxy.Path
+		streams       int
+		reverse       bool
+		gbps, cpuPerGB float64
+	}
+	var rows []row
+	ratio := map[proxy.Path]string{}
+	for _, path := range paths {
+		var extra []string
+		if *full && *pprofDir != "" {
+			extra = []string{"-cpuprofile", filepath.Join(*pprofDir, string(path)+".pprof")}
+		}
+		p := tp.startProxy(t, string(path), extra...)
+		for _, n := range streams {
+			for _, reverse := range []bool{false, true} {
+				cpu0 := p.cpu(t)
+				r := tp.iperf3(t, dur, n, reverse)
+				cpu := p.cpu(t) - cpu0
+				got := r.End.SumReceived
+				require.Positive(t, got.Bytes, "%s: iperf3 received nothing", path)
+				rows = append(rows, row{path, n, reverse, got.BitsPerSecond / 1e9, cpu.Seconds() / (float64(got.Bytes) / 1e9)})
+			}
+		}
+		rep := p.stop(t)
+		assert.Zero(t, rep.Proxy.Active, "%s: connections left open", path)
+		if rep.LRO != nil {
+			ratio[path] = fmt.Sprintf("%.1f:1", rep.MergeRatio)
+			t.Logf("%s: netlro %v", path, *rep.LRO)
+		}
+		if path == proxy.PathNetlroRead {
+			assert.NotZero(t, rep.LRO.MergedPackets, "the kernel's segments merged on %s", path)
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n%-14s %-8s %7s %8s %10s %8s\n", "path", "dir", "streams", "Gbit/s", "CPU s/GB", "merge")
+	for _, r := range rows {
+		dir := "up"
+		if r.reverse {
+			dir = "down -R"
+		}
+		fmt.Fprintf(&b, "%-14s %-8s %7d %8.2f %10.2f %8s\n", r.path, dir, r.streams, r.gbps, r.cpuPerGB, ratio[r.path])
+	}
+	t.Log(b.String())
+}
+
+// seedSum returns the SHA-256 of the first n bytes of seeded stream i.
+func seedSum(seed uint64, i int, n int64) [32]byte {
+	h := sha256.New()
+	io.CopyN(h, iperf.NewSource(seed, i), n)
+	return [32]byte(h.Sum(nil))
+}
+
+// downSeed seeds the streams the server sends back.
+const downSeed = 0x646f776e
+
+// verifiedConn is the client's side of one verified connection: it sends
+// its index (4 bytes) and up bytes of seeded stream i, half-closes, and
+// reads to the end what the server sends back, which must be down bytes
+// of the down stream i. Both half-closes must pass through the proxy for
+// it to end.
+func verifiedConn(c net.Conn, seed uint64, i int, up, down int64) error {
+	defer c.Close()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write([]byte{byte(i), byte(i >> 8), byte(i >> 16), byte(i >> 24)})
+		if err == nil {
+			_, err = io.CopyN(c, iperf.NewSource(seed, i), up)
+		}
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		errc <- err
+	}()
+	h := sha256.New()
+	n, err := readAll(c, h)
+	if werr := <-errc; werr != nil {
+		return fmt.Errorf("conn %d: send: %w", i, werr)
+	}
+	switch {
+	case err != nil:
+		return fmt.Errorf("conn %d: receive: %w", i, err)
+	case n != down:
+		return fmt.Errorf("conn %d: received %d bytes, want %d (the server found the upload wrong, or the proxy cut it)", i, n, down)
+	case [32]byte(h.Sum(nil)) != seedSum(downSeed^seed, i, down):
+		return fmt.Errorf("conn %d: SHA-256 of the download differs", i)
+	}
+	return nil
+}
+
+// verifyingServer accepts on ln until it is closed. For each connection
+// it reads the index and the seeded stream to its end and checks its
+// SHA-256; only if it matches does it send down bytes of the down stream
+// back, then it closes. It reports what went wrong to bad.
+func verifyingServer(ln net.Listener, seed uint64, up, down int64, bad chan<- error, wg *sync.WaitGroup) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		wg.Go(func() {
+			defer c.Close()
+			var idx [4]byte
+			if _, err := io.ReadFull(c, idx[:]); err != nil {
+				bad <- fmt.Errorf("server: read index: %w", err)
+				return
+			}
+			i := int(idx[0]) | int(idx[1])<<8 | int(idx[2])<<16 | int(idx[3])<<24
+			h := sha256.New()
+			n, err := readAll(c, h)
+			switch {
+			case err != nil:
+				bad <- fmt.Errorf("server: conn %d: %w", i, err)
+				return
+			case n != up:
+				bad <- fmt.Errorf("server: conn %d: %d bytes, want %d", i, n, up)
+				return
+			case [32]byte(h.Sum(nil)) != seedSum(seed, i, up):
+				bad <- fmt.Errorf("server: conn %d: SHA-256 of the upload differs", i)
+				return
+			}
+			if _, err := io.CopyN(c, iperf.NewSource(downSeed^seed, i), down); err != nil {
+				bad <- fmt.Errorf("server: conn %d: send down: %w", i, err)
+			}
+		})
+	}
+}
+
+// verifiedRun makes conns connections from the client namespace through
+// the proxy to a verifying server in the server namespace, all open at
+// once, then moves up and down bytes on each concurrently, and returns
+// the time the transfers took and every error.
+func (tp *topo) verifiedRun(t *testing.T, conns int, up, down int64, seed uint64) (time.Duration, []error) {
+	t.Helper()
+	ln, err := listen(tp.server, net.JoinHostPort(serverAddr, "5202"))
+	require.NoError(t, err)
+	bad := make(chan error, conns)
+	var swg sync.WaitGroup
+	go verifyingServer(ln, seed, up, down, bad, &swg)
+	defer func() {
+		ln.Close()
+		swg.Wait()
+	}()
+
+	// Dial from one thread in the client namespace: the sockets stay in
+	// it, and are then used from any goroutine.
+	cs := make([]net.Conn, 0, conns)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	err = in(tp.client, func() error {
+		var d net.Dialer
+		for range conns {
+			c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(serverAddr, "5202"))
+			if err != nil {
+				return err
+			}
+			cs = append(cs, c)
+		}
+		return nil
+	})
+	if err != nil {
+		for _, c := range cs {
+			c.Close()
+		}
+		require.NoError(t, err, "dial %d of %d", len(cs)+1, conns)
+	}
+	start := time.Now()
+	errs := make([]error, conns)
+	var wg sync.WaitGroup
+	for i, c := range cs {
+		wg.Go(func() { errs[i] = verifiedConn(c, seed, i, up, down) })
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	ln.Close()
+	swg.Wait()
+	close(bad)
+	for err := range bad {
+		errs = append(errs, err)
+	}
+	return elapsed, errs
+}
+
+// TestVerifiedThroughProxyMixed sends seeded streams both ways through
+// the proxy while netem impairs what the client sends into the TUN
+// device as the mixed profile does, and checks every byte's SHA-256 at
+// the far end, half-closes included: on a path reading plain packets and
+// merging them, and on the default path (super-packets).
+func TestVerifiedThroughProxyMixed(t *testing.T) {
+	skipUnlessNetns(t, false)
+	tp := newTopo(t)
+	tp.netem(t, mixedNetem)
+	for _, path := range []proxy.Path{proxy.PathNetlroRead, proxy.DefaultPath} {
+		t.Run(string(path), func(t *testing.T) {
+			p := tp.startProxy(t, string(path))
+			elapsed, errs := tp.verifiedRun(t, 4, 8<<20, 2<<20, 1)
+			require.NoError(t, errors.Join(errs...))
+			rep := p.stop(t)
+			t.Logf("%s: 4 connections, 32 MiB up and 8 MiB down verified in %s; netlro %v", path, elapsed.Round(time.Millisecond), *rep.LRO)
+			assert.Equal(t, uint64(4), rep.Proxy.Accepted)
+			if path == proxy.PathNetlroRead {
+				assert.NotZero(t, rep.LRO.MergedPackets, "segments merged under impairment")
+				assert.NotZero(t, rep.LRO.PassBadChecksum, "netem's corrupted segments reached the engine and passed unmerged")
+			}
+		})
+	}
+}
+
+// TestManyConnectionsThroughProxy holds 1000 connections open through the
+// proxy at once, moves verified bytes both ways on all of them, three
+// rounds, and checks that the proxy's memory stays flat from round to
+// round. With -tunproxy.full it also prints throughput, merge ratio and
+// CPU per GB at 1, 8, 64 and 1000 connections.
+func TestManyConnectionsThroughProxy(t *testing.T) {
+	skipUnlessNetns(t, false)
+	tp := newTopo(t)
+	const conns = 1000
+	path := proxy.DefaultPath
+	p := tp.startProxy(t, string(path))
+	var rss []int64
+	for round := range 3 {
+		elapsed, errs := tp.verifiedRun(t, conns, 64<<10, 16<<10, uint64(round))
+		require.NoError(t, errors.Join(errs...), "round %d", round)
+		rss = append(rss, p.rss(t))
+		t.Logf("round %d: %d connections verified in %s, proxy RSS %d MiB", round, conns, elapsed.Round(time.Millisecond), rss[round]>>20)
+	}
+	rep := p.stop(t)
+	assert.Equal(t, uint64(3*conns), rep.Proxy.Accepted)
+	assert.Zero(t, rep.Proxy.Active)
+	// Flat: what the second round grew the heap to, the third reuses.
+	assert.LessOrEqual(t, rss[2], rss[1]+rss[1]/4+(8<<20), "RSS after each round, bytes: %v", rss)
+
+	if !*full {
+		return
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n%-14s %6s %8s %10s %8s\n", "path", "conns", "Gbit/s", "CPU s/GB", "merge")
+	for _, path := range []proxy.Path{proxy.PathNetlroRead, proxy.PathNetlroVNet} {
+		for _, n := range []int{1, 8, 64, 1000} {
+			p := tp.startProxy(t, string(path))
+			per := int64(1<<30) / int64(n)
+			elapsed, errs := tp.verifiedRun(t, n, per, 0, 9)
+			require.NoError(t, errors.Join(errs...))
+			rep := p.stop(t)
+			bytes := float64(per * int64(n))
+			fmt.Fprintf(&b, "%-14s %6d %8.2f %10.2f %7.1f:1\n", path, n, bytes*8/elapsed.Seconds()/1e9, rep.CPUPerGB, rep.MergeRatio)
+		}
+	}
+	t.Log(b.String())
+}
+
+// TestMain's child mode is what startProxy runs; a usage error must be
+// clear without privilege.
+func TestUsageErrors(t *testing.T) {
+	var out, errb strings.Builder
+	assert.Equal(t, exitUsage, run([]string{}, &out, &errb))
+	assert.Contains(t, errb.String(), "-tun is required")
+	errb.Reset()
+	assert.Equal(t, exitUsage, run([]string{"-tun", "x", "-path", "nope"}, &out, &errb))
+	assert.Contains(t, errb.String(), "unknown path")
+	if os.Geteuid() != 0 {
+		errb.Reset()
+		assert.Equal(t, exitUsage, run([]string{"-tun", "tunproxy-x"}, &out, &errb))
+		assert.Contains(t, errb.String(), "CAP_NET_ADMIN")
+	}
+}
