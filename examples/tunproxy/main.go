@@ -24,7 +24,7 @@
 //
 // Usage:
 //
-//	tunproxy -tun tun0 [-tun-netns /run/netns/NAME] [-path netlro-vnet]
+//	tunproxy -tun tun0 | -tun-fd 3 [-tun-netns /run/netns/NAME] [-path netlro-vnet]
 //	         [-mtu 1500] [-max-flows 64] [-cpuprofile F] [-json] [-v]
 //
 // The device is created if it does not exist (and goes away with the
@@ -32,7 +32,9 @@
 // create it persistent beforehand (ip tuntap add dev tun0 mode tun).
 // -tun-netns opens the device inside another network namespace, so that
 // the proxy's own dials leave from its namespace while the device carries
-// the other's traffic.
+// the other's traffic. -tun-fd takes a device another program opened and
+// passed down (with IFF_VNET_HDR for the netlro-vnet path), or a
+// SOCK_SEQPACKET socket carrying IP packets.
 package main
 
 import (
@@ -68,6 +70,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("tunproxy", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	tun := fs.String("tun", "", "TUN device `name` (created if missing)")
+	tunFD := fs.Int("tun-fd", -1, "take the already open TUN device (or SOCK_SEQPACKET socket) `fd` the proxy inherited, as tun2socks's fd:// device, instead of -tun")
 	netns := fs.String("tun-netns", "", "open the TUN device in the network namespace at `path` (e.g. /run/netns/NAME)")
 	pathFlag := fs.String("path", string(proxy.DefaultPath), "receive `path` into netstack")
 	mtu := fs.Uint("mtu", 1500, "the device's `MTU`")
@@ -79,8 +82,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitUsage
 	}
 	logger := log.New(stderr, "", log.LstdFlags)
-	if *tun == "" || fs.NArg() > 0 {
-		fmt.Fprintln(stderr, "tunproxy: -tun is required, and no arguments")
+	if (*tun == "") == (*tunFD < 0) || fs.NArg() > 0 {
+		fmt.Fprintln(stderr, "tunproxy: one of -tun and -tun-fd is required, and no arguments")
 		fs.Usage()
 		return exitUsage
 	}
@@ -89,13 +92,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return exitUsage
 	}
-	fd, err := proxy.OpenTUNIn(*netns, *tun, path.VNetHdr())
-	if err != nil {
-		fmt.Fprintln(stderr, err)
-		if errors.Is(err, proxy.ErrPrivilege) {
-			return exitUsage
+	fd, name := *tunFD, fmt.Sprintf("fd %d", *tunFD)
+	if fd < 0 {
+		fd, name = -1, *tun
+		fd, err = proxy.OpenTUNIn(*netns, *tun, path.VNetHdr())
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			if errors.Is(err, proxy.ErrPrivilege) {
+				return exitUsage
+			}
+			return 1
 		}
-		return 1
 	}
 	defer unix.Close(fd)
 	cfg := proxy.Config{FD: fd, Path: path, MTU: uint32(*mtu)}
@@ -123,7 +130,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	start := time.Now()
 	cpu0 := cpuTime()
-	logger.Printf("tunproxy: relaying TCP from %s (path %s, pid %d)", *tun, path, os.Getpid())
+	logger.Printf("tunproxy: relaying TCP from %s (path %s, pid %d)", name, path, os.Getpid())
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1)

@@ -22,6 +22,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
+
+	"github.com/netlro/netlro/examples/tunproxy/proxy"
+	"github.com/netlro/netlro/internal/iperf"
 )
 
 // The test network, which exists only inside the namespaces it makes:
@@ -111,6 +114,33 @@ func newTopo(t *testing.T) *topo {
 	return tp
 }
 
+// impairedTUN opens the client namespace's TUN device in this process
+// and forwards its packets, impaired by prof on their way from the
+// client, to a SOCK_SEQPACKET socket, and returns that socket's other end
+// for the proxy (-tun-fd): the impairment of internal/iperf's profiles,
+// which are a pump between sockets, on the TUN side. t's cleanup stops
+// the pump.
+func (tp *topo) impairedTUN(t *testing.T, prof iperf.Profile) (*os.File, *iperf.Pump) {
+	t.Helper()
+	fd, err := proxy.OpenTUNIn("/run/netns/"+tp.client, tunName, false)
+	require.NoError(t, err)
+	require.NoError(t, unix.SetNonblock(fd, true))
+	tun := os.NewFile(uintptr(fd), tunName) // pollable: reads wait in Go's poller
+	sp, err := iperf.Socketpair()
+	require.NoError(t, err)
+	a := os.NewFile(uintptr(sp[0]), "pump-end")
+	c, err := net.FileConn(a)
+	a.Close()
+	require.NoError(t, err)
+	pump := iperf.NewPumpConns(tun, c.(*net.UnixConn), prof, 1)
+	b := os.NewFile(uintptr(sp[1]), "proxy-end")
+	t.Cleanup(func() {
+		pump.Close()
+		b.Close()
+	})
+	return b, pump
+}
+
 // netem puts the netem qdisc spec on the client's TUN device, so that
 // what the client sends into the proxy is impaired; "" removes it.
 func (tp *topo) netem(t *testing.T, spec string) {
@@ -181,11 +211,19 @@ type proxyProc struct {
 // stops it if the test did not.
 func (tp *topo) startProxy(t *testing.T, path string, extra ...string) *proxyProc {
 	t.Helper()
+	return tp.startProxyArgs(t, nil, append([]string{"-tun", tunName, "-tun-netns", "/run/netns/" + tp.client, "-path", path}, extra...)...)
+}
+
+// startProxyArgs runs the proxy in the proxy namespace with args and
+// files as its fds 3 and on.
+func (tp *topo) startProxyArgs(t *testing.T, files []*os.File, args ...string) *proxyProc {
+	t.Helper()
 	exe, err := os.Executable()
 	require.NoError(t, err)
-	args := append([]string{"netns", "exec", tp.proxy, exe, "-tun", tunName, "-tun-netns", "/run/netns/" + tp.client, "-path", path, "-json"}, extra...)
+	args = append([]string{"netns", "exec", tp.proxy, exe, "-json"}, args...)
 	p := &proxyProc{cmd: exec.Command("ip", args...), done: make(chan error, 1)}
 	p.cmd.Env = append(os.Environ(), childEnv+"=1")
+	p.cmd.ExtraFiles = files
 	p.cmd.Stdout = &p.stdout
 	stderr, err := p.cmd.StderrPipe()
 	require.NoError(t, err)

@@ -3,6 +3,7 @@ package iperf
 import (
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -84,7 +85,7 @@ type PumpStats struct {
 // from the sender side by a Profile. Its decisions come from a generator
 // seeded once, so the n-th frame is treated the same in every run.
 type Pump struct {
-	toReceiver, toSender *net.UnixConn
+	toReceiver, toSender PacketConn
 	wg                   sync.WaitGroup
 
 	frames, dropped, reordered, duplicated, corrupted atomic.Uint64
@@ -106,10 +107,25 @@ func NewPump(senderFD, receiverFD int, p Profile, seed uint64) (*Pump, error) {
 		s.Close()
 		return nil, err
 	}
-	pu := &Pump{toReceiver: r, toSender: s}
-	pu.wg.Go(func() { pu.forward(s, r, p, rand.New(rand.NewPCG(seed, 0x6e65746c726f))) })
-	pu.wg.Go(func() { pu.forward(r, s, Profile{}, nil) })
-	return pu, nil
+	return NewPumpConns(s, r, p, seed), nil
+}
+
+// PacketConn is one side of a link a Pump forwards: each Read returns one
+// frame and each Write sends one. A *net.UnixConn on a SOCK_SEQPACKET
+// socket is one, and so is an *os.File on a TUN device opened
+// non-blocking.
+type PacketConn interface {
+	io.ReadWriteCloser
+	SetReadDeadline(time.Time) error
+}
+
+// NewPumpConns starts forwarding between sender and receiver, as NewPump
+// does between two sockets. Close closes both.
+func NewPumpConns(sender, receiver PacketConn, p Profile, seed uint64) *Pump {
+	pu := &Pump{toReceiver: receiver, toSender: sender}
+	pu.wg.Go(func() { pu.forward(sender, receiver, p, rand.New(rand.NewPCG(seed, 0x6e65746c726f))) })
+	pu.wg.Go(func() { pu.forward(receiver, sender, Profile{}, nil) })
+	return pu
 }
 
 // fileConn wraps a duplicate of fd in a net.UnixConn, so reads and writes
@@ -161,7 +177,7 @@ type held struct {
 
 // forward copies frames from src to dst, applying prof with rng (nil for
 // a clean direction), until either side closes.
-func (p *Pump) forward(src, dst *net.UnixConn, prof Profile, rng *rand.Rand) {
+func (p *Pump) forward(src, dst PacketConn, prof Profile, rng *rand.Rand) {
 	buf := make([]byte, 1<<16)
 	var queue []held
 	send := func(b []byte) bool {
