@@ -20,7 +20,8 @@
 //
 // On SIGINT or SIGTERM it prints its counters, netlro's, and its CPU time
 // per GB relayed, and exits. SIGUSR1 turns netlro's merging off or on
-// while traffic flows, for an A/B comparison in place.
+// while traffic flows, for an A/B comparison in place; SIGUSR2 logs the
+// live heap and the connections being relayed.
 //
 // Usage:
 //
@@ -46,6 +47,7 @@ import (
 	"log"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"syscall"
 	"time"
@@ -133,8 +135,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	logger.Printf("tunproxy: relaying TCP from %s (path %s, pid %d)", name, path, os.Getpid())
 
 	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1, syscall.SIGUSR2)
 	for sig := range sigs {
+		if sig == syscall.SIGUSR2 {
+			logMemory(logger, p)
+			continue
+		}
 		if sig != syscall.SIGUSR1 {
 			break
 		}
@@ -199,6 +205,17 @@ func (r Report) print(w io.Writer) {
 	if r.LRO != nil {
 		fmt.Fprintf(w, "netlro: %v\n", *r.LRO)
 	}
+}
+
+// logMemory logs the connections being relayed and the live heap after a
+// collection, so that an operator (or a test) can watch memory under
+// load.
+func logMemory(logger *log.Logger, p *proxy.Proxy) {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	st := p.Stats()
+	logger.Printf("tunproxy: memory: %d connections active, %d relayed; heap %d bytes live, %d goroutines", st.Active, st.Accepted, ms.HeapAlloc, runtime.NumGoroutine())
 }
 
 // cpuTime returns the user and system CPU time this process has used.

@@ -204,6 +204,7 @@ type proxyProc struct {
 	cmd    *exec.Cmd
 	stdout bytes.Buffer
 	done   chan error
+	memory chan string // the proxy's SIGUSR2 lines
 }
 
 // startProxy runs the proxy on path in the proxy namespace, on the
@@ -221,7 +222,7 @@ func (tp *topo) startProxyArgs(t *testing.T, files []*os.File, args ...string) *
 	exe, err := os.Executable()
 	require.NoError(t, err)
 	args = append([]string{"netns", "exec", tp.proxy, exe, "-json"}, args...)
-	p := &proxyProc{cmd: exec.Command("ip", args...), done: make(chan error, 1)}
+	p := &proxyProc{cmd: exec.Command("ip", args...), done: make(chan error, 1), memory: make(chan string, 16)}
 	p.cmd.Env = append(os.Environ(), childEnv+"=1")
 	p.cmd.ExtraFiles = files
 	p.cmd.Stdout = &p.stdout
@@ -236,6 +237,9 @@ func (tp *topo) startProxyArgs(t *testing.T, files []*os.File, args ...string) *
 			log.WriteString(sc.Text() + "\n")
 			if strings.Contains(sc.Text(), "relaying TCP") {
 				ready <- ""
+			}
+			if _, m, ok := strings.Cut(sc.Text(), "tunproxy: memory: "); ok {
+				p.memory <- m
 			}
 		}
 		ready <- log.String()
@@ -271,6 +275,25 @@ func (p *proxyProc) cpu(t *testing.T) time.Duration {
 	require.NoError(t, err1)
 	require.NoError(t, err2)
 	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// heap asks the proxy for its live heap after a collection (SIGUSR2) and
+// returns it in bytes, and the line it logged.
+func (p *proxyProc) heap(t *testing.T) (int64, string) {
+	t.Helper()
+	require.NoError(t, p.cmd.Process.Signal(syscall.SIGUSR2))
+	select {
+	case line := <-p.memory:
+		_, rest, _ := strings.Cut(line, "heap ")
+		f := strings.Fields(rest)
+		require.NotEmpty(t, f, "memory line %q", line)
+		n, err := strconv.ParseInt(f[0], 10, 64)
+		require.NoError(t, err, "memory line %q", line)
+		return n, line
+	case <-time.After(30 * time.Second):
+		t.Fatal("the proxy did not report its memory within 30 s of SIGUSR2 (hang guard)")
+		return 0, ""
+	}
 }
 
 // rss returns the proxy's resident set size in bytes.
