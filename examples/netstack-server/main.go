@@ -12,6 +12,10 @@
 //	netlro          this project's fdbased wrapped by lroendpoint
 //	netlro-reseg    the same with lro.Config{Resegmentable: true}
 //	netlro-offload  the same with lro.Config{ClaimChecksumOffload: true}
+//	netlro-gvisor   gVisor's fdbased wrapped by lroendpoint: timer flush only
+//	netlro-inject   one PacketBuffer per packet into lroendpoint, Flush at
+//	                each batch end: a channel endpoint fed in its owner's batches
+//	netlro-inject-timer  the same without the batch-end Flush: timer only
 //
 // Every stream is a seeded pseudo-random byte stream whose SHA-256 the
 // receiver compares with the sender's. Each row shows its bitrate and its

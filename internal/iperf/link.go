@@ -37,10 +37,24 @@ const (
 	ModeNetlroReseg Mode = "netlro-reseg"
 	// ModeNetlroOffload is ModeNetlro with lro.Config.ClaimChecksumOffload.
 	ModeNetlroOffload Mode = "netlro-offload"
+	// ModeNetlroGVisor is gVisor's fdbased (recvmmsg) wrapped by
+	// lroendpoint: it ends no batch, so the engine flushes on its timer
+	// (lro.Config.FlushDelay), as for every lower endpoint of gVisor's.
+	ModeNetlroGVisor Mode = "netlro-gvisor"
+	// ModeNetlroInject feeds lroendpoint as a program that injects packets
+	// into a channel endpoint in batches of its own does: one PacketBuffer
+	// per packet through DeliverNetworkPacket, then the wrapper's Flush at
+	// the batch's end. This project's fdbased does the reading, with its
+	// batches, but its views are not handed over (no receive in pages).
+	ModeNetlroInject Mode = "netlro-inject"
+	// ModeNetlroInjectTimer is ModeNetlroInject without the batch-end
+	// Flush: held packets go up when the engine's timer fires.
+	ModeNetlroInjectTimer Mode = "netlro-inject-timer"
 )
 
 // Modes lists every Mode, in the order a comparison runs them.
-var Modes = []Mode{ModeNetstack, ModeGVisorGRO, ModeFdbased, ModeNetlro, ModeNetlroReseg, ModeNetlroOffload}
+var Modes = []Mode{ModeNetstack, ModeGVisorGRO, ModeFdbased, ModeNetlro, ModeNetlroReseg, ModeNetlroOffload,
+	ModeNetlroGVisor, ModeNetlroInject, ModeNetlroInjectTimer}
 
 // ParseMode returns the Mode named s.
 func ParseMode(s string) (Mode, error) {
@@ -60,7 +74,7 @@ func ParseMode(s string) (Mode, error) {
 // without netlro.
 func (m Mode) LROConfig() (lro.Config, bool) {
 	switch m {
-	case ModeNetlro:
+	case ModeNetlro, ModeNetlroGVisor, ModeNetlroInject, ModeNetlroInjectTimer:
 		return lro.Config{}, true
 	case ModeNetlroReseg:
 		return lro.Config{Resegmentable: true}, true
@@ -130,7 +144,7 @@ func (l *Link) FDStats() (fdbased.Stats, bool) {
 // NewLink builds the receiver link endpoint of mode m on opts.FD.
 func NewLink(m Mode, opts LinkOptions) (*Link, error) {
 	switch m {
-	case ModeNetstack, ModeGVisorGRO:
+	case ModeNetstack, ModeGVisorGRO, ModeNetlroGVisor:
 		if opts.VNetHdr {
 			return nil, fmt.Errorf("iperf: %s: gVisor's fdbased reads no virtio_net_hdr from a TAP or TUN device", m)
 		}
@@ -147,8 +161,16 @@ func NewLink(m Mode, opts LinkOptions) (*Link, error) {
 		if err != nil {
 			return nil, fmt.Errorf("iperf: %s: gVisor fdbased: %w", m, err)
 		}
-		return &Link{Endpoint: ep}, nil
-	case ModeFdbased, ModeNetlro, ModeNetlroReseg, ModeNetlroOffload:
+		if m != ModeNetlroGVisor {
+			return &Link{Endpoint: ep}, nil
+		}
+		wrapped, err := lroendpoint.New(ep, lro.Config{})
+		if err != nil {
+			ep.Close()
+			return nil, fmt.Errorf("iperf: %s: %w", m, err)
+		}
+		return &Link{Endpoint: wrapped, lro: wrapped}, nil
+	case ModeFdbased, ModeNetlro, ModeNetlroReseg, ModeNetlroOffload, ModeNetlroInject, ModeNetlroInjectTimer:
 	default:
 		return nil, fmt.Errorf("iperf: unknown mode %q", m)
 	}
@@ -168,7 +190,11 @@ func NewLink(m Mode, opts LinkOptions) (*Link, error) {
 	if !ok {
 		return l, nil
 	}
-	wrapped, err := lroendpoint.New(ep, cfg)
+	var lower stack.LinkEndpoint = ep
+	if m == ModeNetlroInject || m == ModeNetlroInjectTimer {
+		lower = &perPacket{LinkEndpoint: ep, flush: m == ModeNetlroInject}
+	}
+	wrapped, err := lroendpoint.New(lower, cfg)
 	if err != nil {
 		ep.Close()
 		return nil, fmt.Errorf("iperf: %s: %w", m, err)
@@ -176,6 +202,41 @@ func NewLink(m Mode, opts LinkOptions) (*Link, error) {
 	l.Endpoint, l.lro = wrapped, wrapped
 	return l, nil
 }
+
+// perPacket is a lower endpoint that delivers the way a program feeding a
+// channel endpoint does: one PacketBuffer per packet, and, with flush, a
+// Flush at the end of each batch; it hides the rest of what its
+// dispatcher offers (lro.FragmentDispatcher).
+type perPacket struct {
+	stack.LinkEndpoint
+	flush bool
+}
+
+// Attach implements stack.LinkEndpoint.
+func (p *perPacket) Attach(d stack.NetworkDispatcher) {
+	switch f, ok := d.(lro.Flusher); {
+	case d == nil:
+		p.LinkEndpoint.Attach(nil)
+	case p.flush && ok:
+		p.LinkEndpoint.Attach(flushingDispatcher{d, f})
+	default:
+		p.LinkEndpoint.Attach(plainDispatcher{d})
+	}
+}
+
+// plainDispatcher offers a dispatcher's stack.NetworkDispatcher methods
+// only.
+type plainDispatcher struct{ stack.NetworkDispatcher }
+
+// flushingDispatcher offers a dispatcher's stack.NetworkDispatcher
+// methods and its Flush.
+type flushingDispatcher struct {
+	stack.NetworkDispatcher
+	f lro.Flusher
+}
+
+// Flush implements lro.Flusher.
+func (d flushingDispatcher) Flush() { d.f.Flush() }
 
 // NewSenderLink builds the sender's link endpoint on fd: gVisor's fdbased
 // with GSO off and one processor, the same in every row, behind
