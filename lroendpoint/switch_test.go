@@ -28,11 +28,18 @@ import (
 // was lost or overtaken on the way through the endpoint.
 type orderCheck struct {
 	nested.Endpoint
-	mu      sync.Mutex
-	next    uint32 // next expected sequence number, once started
+	mu sync.Mutex
+	// next is the next expected sequence number, once started.
+	// +checklocks:mu
+	next uint32
+	// +checklocks:mu
 	started bool
-	gaps    int // data that started past next
-	packets int // data packets seen
+	// gaps counts data that started past next.
+	// +checklocks:mu
+	gaps int
+	// packets counts the data packets seen.
+	// +checklocks:mu
+	packets int
 }
 
 // DeliverNetworkPacket implements stack.NetworkDispatcher.
@@ -198,7 +205,8 @@ func TestSetMergingFlushesHeld(t *testing.T) {
 // countDispatcher counts the packets netstack would get.
 type countDispatcher struct {
 	mu sync.Mutex
-	n  int
+	// +checklocks:mu
+	n int
 }
 
 func (c *countDispatcher) DeliverNetworkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {

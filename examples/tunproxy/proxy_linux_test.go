@@ -47,9 +47,9 @@ func TestIperf3ThroughProxy(t *testing.T) {
 		paths, streams, dur = proxy.Paths, []int{1, 8}, *secs
 	}
 	type row struct {
-		path          proxy.Path
-		streams       int
-		reverse       bool
+		path           proxy.Path
+		streams        int
+		reverse        bool
 		gbps, cpuPerGB float64
 	}
 	var rows []row

@@ -149,8 +149,10 @@ type Proxy struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu    sync.Mutex
-	conns map[*relay]struct{} // guarded by mu; nil once closed
+	mu sync.Mutex
+	// conns are the connections being relayed; nil once closed.
+	// +checklocks:mu
+	conns map[*relay]struct{}
 
 	accepted, dialFailed, up, down atomic.Uint64
 	active                         atomic.Int64

@@ -51,8 +51,10 @@ type rig struct {
 	cep    stack.LinkEndpoint
 	p      *Proxy
 	ln     net.Listener
-	dials  []string // destinations the proxy dialed
 	mu     sync.Mutex
+	// dials are the destinations the proxy dialed.
+	// +checklocks:mu
+	dials []string
 }
 
 func newRig(t *testing.T, path Path) *rig {
