@@ -23,4 +23,4 @@ go test -count=1 -timeout 60m -v \
 	./examples/tunproxy -args -tunproxy.full -tunproxy.time "$secs" -tunproxy.pprof "$prof"
 uptime
 echo "CPU profiles of the proxy, one per path: $prof/*.pprof"
-go tool pprof -top -nodecount=30 "$prof/netlro-vnet.pprof" 2>/dev/null | head -40
+go tool pprof -top -nodecount=30 "$prof/netlro-vnet-up-1.pprof" 2>/dev/null | head -40

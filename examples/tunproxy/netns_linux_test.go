@@ -44,6 +44,25 @@ const (
 	tunName    = "tun0"
 )
 
+// congestion is the TCP congestion control of the clients' and the
+// iperf3 server's sockets: CUBIC, the usual Linux default, whatever the
+// host's. With BBR, which keeps sending at its paced rate through loss,
+// a thousand flows overflow the TUN device's queue (500 packets) so hard
+// that some back off to minute-long retransmission timeouts.
+const congestion = "cubic"
+
+// setCongestion is a net.Dialer Control that sets congestion on a socket.
+func setCongestion(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION, congestion)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
 // childEnv makes the test binary run as the proxy (see TestMain).
 const childEnv = "TUNPROXY_TEST_CHILD"
 
@@ -367,7 +386,7 @@ func (tp *topo) iperf3(t *testing.T, secs, streams int, reverse bool) iperf3Resu
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(secs+60)*time.Second)
 	defer cancel()
-	args := []string{"netns", "exec", tp.client, "iperf3", "-c", serverAddr, "-t", strconv.Itoa(secs), "-P", strconv.Itoa(streams), "-J"}
+	args := []string{"netns", "exec", tp.client, "iperf3", "-c", serverAddr, "-t", strconv.Itoa(secs), "-P", strconv.Itoa(streams), "-C", congestion, "-J"}
 	if reverse {
 		args = append(args, "-R")
 	}

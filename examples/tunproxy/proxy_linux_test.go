@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -51,33 +52,36 @@ func TestIperf3ThroughProxy(t *testing.T) {
 		streams        int
 		reverse        bool
 		gbps, cpuPerGB float64
+		merge          string // netlro's packets in per packet out
 	}
 	var rows []row
-	ratio := map[proxy.Path]string{}
 	for _, path := range paths {
-		var extra []string
-		if *full && *pprofDir != "" {
-			extra = []string{"-cpuprofile", filepath.Join(*pprofDir, string(path)+".pprof")}
-		}
-		p := tp.startProxy(t, string(path), extra...)
 		for _, n := range streams {
 			for _, reverse := range []bool{false, true} {
+				// A proxy per row, so that its counters are the row's.
+				name := fmt.Sprintf("%s-%s-%d", path, map[bool]string{false: "up", true: "down"}[reverse], n)
+				var extra []string
+				if *full && *pprofDir != "" {
+					extra = []string{"-cpuprofile", filepath.Join(*pprofDir, name+".pprof")}
+				}
+				p := tp.startProxy(t, string(path), extra...)
 				cpu0 := p.cpu(t)
 				r := tp.iperf3(t, dur, n, reverse)
 				cpu := p.cpu(t) - cpu0
+				rep := p.stop(t)
 				got := r.End.SumReceived
-				require.Positive(t, got.Bytes, "%s: iperf3 received nothing", path)
-				rows = append(rows, row{path, n, reverse, got.BitsPerSecond / 1e9, cpu.Seconds() / (float64(got.Bytes) / 1e9)})
+				require.Positive(t, got.Bytes, "%s: iperf3 received nothing", name)
+				assert.Zero(t, rep.Proxy.Active, "%s: connections left open", name)
+				rw := row{path: path, streams: n, reverse: reverse, gbps: got.BitsPerSecond / 1e9, cpuPerGB: cpu.Seconds() / (float64(got.Bytes) / 1e9)}
+				if rep.LRO != nil {
+					rw.merge = fmt.Sprintf("%.1f:1", rep.MergeRatio)
+					t.Logf("%s: netlro %v", name, *rep.LRO)
+					if path == proxy.PathNetlroRead && !reverse {
+						assert.NotZero(t, rep.LRO.MergedPackets, "the kernel's segments merged on %s", name)
+					}
+				}
+				rows = append(rows, rw)
 			}
-		}
-		rep := p.stop(t)
-		assert.Zero(t, rep.Proxy.Active, "%s: connections left open", path)
-		if rep.LRO != nil {
-			ratio[path] = fmt.Sprintf("%.1f:1", rep.MergeRatio)
-			t.Logf("%s: netlro %v", path, *rep.LRO)
-		}
-		if path == proxy.PathNetlroRead {
-			assert.NotZero(t, rep.LRO.MergedPackets, "the kernel's segments merged on %s", path)
 		}
 	}
 	var b strings.Builder
@@ -87,7 +91,7 @@ func TestIperf3ThroughProxy(t *testing.T) {
 		if r.reverse {
 			dir = "down -R"
 		}
-		fmt.Fprintf(&b, "%-14s %-8s %7d %8.2f %10.2f %8s\n", r.path, dir, r.streams, r.gbps, r.cpuPerGB, ratio[r.path])
+		fmt.Fprintf(&b, "%-14s %-8s %7d %8.2f %10.2f %8s\n", r.path, dir, r.streams, r.gbps, r.cpuPerGB, r.merge)
 	}
 	t.Log(b.String())
 }
@@ -197,7 +201,7 @@ func (tp *topo) verifiedRun(t *testing.T, conns int, up, down int64, seed uint64
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	err = in(tp.client, func() error {
-		var d net.Dialer
+		d := net.Dialer{Control: setCongestion}
 		for range conns {
 			c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(serverAddr, "5202"))
 			if err != nil {
@@ -292,16 +296,19 @@ func TestManyConnectionsThroughProxy(t *testing.T) {
 		return
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n%-14s %6s %8s %10s %8s\n", "path", "conns", "Gbit/s", "CPU s/GB", "merge")
-	for _, path := range []proxy.Path{proxy.PathNetlroRead, proxy.PathNetlroVNet} {
+	fmt.Fprintf(&b, "\n%-14s %9s %6s %8s %10s %8s\n", "path", "max-flows", "conns", "Gbit/s", "CPU s/GB", "merge")
+	for _, c := range []struct {
+		path     proxy.Path
+		maxFlows int
+	}{{proxy.PathNetlroRead, proxy.DefaultMaxFlows}, {proxy.PathNetlroRead, 8}, {proxy.PathNetlroVNet, proxy.DefaultMaxFlows}} {
 		for _, n := range []int{1, 8, 64, 1000} {
-			p := tp.startProxy(t, string(path))
+			p := tp.startProxy(t, string(c.path), "-max-flows", strconv.Itoa(c.maxFlows))
 			per := int64(1<<30) / int64(n)
 			elapsed, errs := tp.verifiedRun(t, n, per, 0, 9)
 			require.NoError(t, errors.Join(errs...))
 			rep := p.stop(t)
 			bytes := float64(per * int64(n))
-			fmt.Fprintf(&b, "%-14s %6d %8.2f %10.2f %7.1f:1\n", path, n, bytes*8/elapsed.Seconds()/1e9, rep.CPUPerGB, rep.MergeRatio)
+			fmt.Fprintf(&b, "%-14s %9d %6d %8.2f %10.2f %7.1f:1\n", c.path, c.maxFlows, n, bytes*8/elapsed.Seconds()/1e9, rep.CPUPerGB, rep.MergeRatio)
 		}
 	}
 	t.Log(b.String())
