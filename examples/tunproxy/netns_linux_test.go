@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -224,6 +225,16 @@ type proxyProc struct {
 	stdout bytes.Buffer
 	done   chan error
 	memory chan string // the proxy's SIGUSR2 lines
+
+	mu     sync.Mutex
+	stderr strings.Builder // +checklocks:mu
+}
+
+// log returns what the proxy wrote to its stderr so far.
+func (p *proxyProc) log() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stderr.String()
 }
 
 // startProxy runs the proxy on path in the proxy namespace, on the
@@ -251,9 +262,10 @@ func (tp *topo) startProxyArgs(t *testing.T, files []*os.File, args ...string) *
 	ready := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
-		var log strings.Builder
 		for sc.Scan() {
-			log.WriteString(sc.Text() + "\n")
+			p.mu.Lock()
+			p.stderr.WriteString(sc.Text() + "\n")
+			p.mu.Unlock()
 			if strings.Contains(sc.Text(), "relaying TCP") {
 				ready <- ""
 			}
@@ -261,7 +273,7 @@ func (tp *topo) startProxyArgs(t *testing.T, files []*os.File, args ...string) *
 				p.memory <- m
 			}
 		}
-		ready <- log.String()
+		ready <- p.log()
 		p.done <- p.cmd.Wait()
 	}()
 	select {
@@ -337,7 +349,7 @@ func (p *proxyProc) stop(t *testing.T) Report {
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGTERM))
 	select {
 	case err := <-p.done:
-		require.NoError(t, err, "proxy exit")
+		require.NoError(t, err, "proxy exit; its stderr:\n%s", p.log())
 	case <-time.After(30 * time.Second):
 		p.cmd.Process.Kill()
 		t.Fatal("the proxy did not exit within 30 s of SIGTERM (hang guard)")

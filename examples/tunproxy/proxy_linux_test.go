@@ -43,6 +43,9 @@ func TestIperf3ThroughProxy(t *testing.T) {
 	tp.startIperf3Server(t)
 
 	paths := []proxy.Path{proxy.PathNetstack, proxy.PathNetlroRead, proxy.PathNetlroVNet}
+	if raceEnabled {
+		paths = []proxy.Path{proxy.PathNetlroRead}
+	}
 	streams, dur := []int{1}, 1
 	if *full {
 		paths, streams, dur = proxy.Paths, []int{1, 8}, *secs
@@ -251,11 +254,15 @@ func TestVerifiedThroughProxyMixed(t *testing.T) {
 		t.Run(string(path), func(t *testing.T) {
 			f, pump := tp.impairedTUN(t, prof)
 			p := tp.startProxyArgs(t, []*os.File{f}, "-tun-fd", "3", "-path", string(path))
-			elapsed, errs := tp.verifiedRun(t, 4, 8<<20, 2<<20, 1)
+			up, down := int64(8<<20), int64(2<<20)
+			if raceEnabled {
+				up, down = 1<<20, 256<<10
+			}
+			elapsed, errs := tp.verifiedRun(t, 4, up, down, 1)
 			require.NoError(t, errors.Join(errs...))
 			rep := p.stop(t)
 			ps := pump.Stats()
-			t.Logf("%s: 4 connections, 32 MiB up and 8 MiB down verified in %s; pump %+v; netlro %v", path, elapsed.Round(time.Millisecond), ps, *rep.LRO)
+			t.Logf("%s: 4 connections, %d bytes up and %d down each verified in %s; pump %+v; netlro %v", path, up, down, elapsed.Round(time.Millisecond), ps, *rep.LRO)
 			assert.Equal(t, uint64(4), rep.Proxy.Accepted)
 			assert.NotZero(t, ps.Dropped)
 			assert.NotZero(t, ps.Reordered)
@@ -272,6 +279,9 @@ func TestVerifiedThroughProxyMixed(t *testing.T) {
 // CPU per GB at 1, 8, 64 and 1000 connections.
 func TestManyConnectionsThroughProxy(t *testing.T) {
 	skipUnlessNetns(t, false)
+	if raceEnabled {
+		t.Skip("skipping under -race: a thousand connections through a race-built proxy take minutes; .ci/run runs this test without -race")
+	}
 	tp := newTopo(t)
 	const conns = 1000
 	path := proxy.DefaultPath

@@ -180,13 +180,12 @@ func New(cfg Config) (*Proxy, error) {
 	if err := p.newLink(); err != nil {
 		return nil, err
 	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
 	if err := p.newStack(); err != nil {
+		p.cancel()
 		p.link.Close()
 		return nil, err
 	}
-	p.ctx, p.cancel = context.WithCancel(context.Background())
-	fwd := tcp.NewForwarder(p.s, 0, cfg.MaxInFlight, p.forward)
-	p.s.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
 	return p, nil
 }
 
@@ -239,7 +238,8 @@ const nicID tcpip.NICID = 1
 
 // newStack builds netstack on p.link: it takes every packet whatever its
 // destination (promiscuous) and answers from that destination (spoofing),
-// and routes everything back out of the TUN device.
+// hands every TCP connection to p.forward, and routes everything back out
+// of the TUN device.
 func (p *Proxy) newStack() error {
 	p.s = stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
@@ -255,6 +255,10 @@ func (p *Proxy) newStack() error {
 			return fmt.Errorf("tunproxy: set TCP option %T: %s", opt, err)
 		}
 	}
+	// The handler goes in before the NIC, which starts delivering at
+	// once: netstack reads it without a lock.
+	fwd := tcp.NewForwarder(p.s, 0, p.cfg.MaxInFlight, p.forward)
+	p.s.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
 	if err := p.s.CreateNIC(nicID, p.link); err != nil {
 		p.s.Destroy()
 		return fmt.Errorf("tunproxy: create NIC: %s", err)
