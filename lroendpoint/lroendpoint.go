@@ -18,10 +18,10 @@ import (
 // held.
 //
 // The lower endpoint is attached to a dispatcher that hands every packet
-// to the engine, or past it while SetMerging has turned merging off, and
-// that implements rxbatch.Flusher and rxbatch.FragmentDispatcher, so a lower
-// endpoint that knows them (this project's fdbased) finds them by a type
-// assertion on its dispatcher.
+// to the engine (or, while SetMerging has turned merging off, to one that
+// merges nothing) and implements rxbatch.Flusher, rxbatch.FragmentDispatcher
+// and rxbatch.MultiQueue, so a lower endpoint that knows them (this project's
+// fdbased) finds them by a type assertion on its dispatcher.
 //
 // Teardown works in the order netstack and its users call it, under
 // traffic: Stack.Destroy, Stack.RemoveNIC, Close, Attach(nil) and Wait, in
@@ -66,6 +66,9 @@ func New(lower stack.LinkEndpoint, cfg lro.Config) (*Endpoint, error) {
 		return nil, err
 	}
 	e.engine = engine
+	if e.sw.pass, err = lro.New((*upper)(e), passConfig(cfg)); err != nil {
+		return nil, err
+	}
 	return e, nil
 }
 
@@ -175,6 +178,7 @@ func (e *Endpoint) Close() {
 	}
 	e.lower.Close()
 	e.engine.Close()
+	e.sw.pass.Close()
 }
 
 // Wait implements stack.LinkEndpoint: it waits for the lower endpoint's

@@ -222,3 +222,26 @@ func (c *countDispatcher) count() int {
 	defer c.mu.Unlock()
 	return c.n
 }
+
+// TestSetMergingOffStillChecks: with ClaimChecksumOffload netstack checks
+// no checksum, so a packet that passes while merging is off must have been
+// checked all the same: a corrupted segment is dropped, a good one passes.
+func TestSetMergingOffStillChecks(t *testing.T) {
+	link := channel.New(64, 1500, "")
+	e, err := New(link, lro.Config{ClaimChecksumOffload: true})
+	require.NoError(t, err)
+	d := &countDispatcher{}
+	e.Attach(d)
+	defer e.Close()
+	e.SetMerging(false)
+	segs := testpacket.Segments(testpacket.TCP{}, testpacket.Payload(3, 2*1448), 1448)
+	bad := append([]byte(nil), segs[0]...)
+	bad[len(bad)-1] ^= 0x40 // a payload byte, checksums left as they were
+	for _, seg := range [][]byte{bad, segs[0], segs[1]} {
+		pkt := testpacket.NewPacket(seg)
+		link.InjectInbound(testpacket.Proto(seg), pkt)
+		pkt.DecRef()
+	}
+	assert.Equal(t, 2, d.count(), "the corrupted segment was dropped, the good ones passed one for one")
+	assert.Zero(t, e.Stats().PacketsIn, "the merging engine saw nothing")
+}

@@ -161,18 +161,6 @@ func (tp *topo) impairedTUN(t *testing.T, prof iperf.Profile) (*os.File, *iperf.
 	return b, pump
 }
 
-// netem puts the netem qdisc spec on the client's TUN device, so that
-// what the client sends into the proxy is impaired; "" removes it.
-func (tp *topo) netem(t *testing.T, spec string) {
-	t.Helper()
-	args := []string{"-n", tp.client, "qdisc", "del", "dev", tunName, "root"}
-	if spec != "" {
-		args = append([]string{"-n", tp.client, "qdisc", "replace", "dev", tunName, "root", "netem"}, strings.Fields(spec)...)
-	}
-	out, err := exec.Command("tc", args...).CombinedOutput()
-	require.NoError(t, err, "tc %s: %s", strings.Join(args, " "), out)
-}
-
 // in runs fn on a thread inside namespace ns: sockets it makes live there.
 func in(ns string, fn func() error) error {
 	errc := make(chan error, 1)
