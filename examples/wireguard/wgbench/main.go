@@ -37,6 +37,12 @@ func main() {
 	timeout := flag.Duration("timeout", 5*time.Minute, "time limit per row")
 	profiles := flag.String("profile", "", "directory to write each row's receiver CPU profile to (go tool pprof)")
 	flag.Parse()
+	if *profiles != "" {
+		if err := os.MkdirAll(*profiles, 0o755); err != nil {
+			fmt.Fprintf(os.Stderr, "wgbench: %v\n", err)
+			os.Exit(1)
+		}
+	}
 
 	fmt.Println(tableHeader())
 	failed := false
