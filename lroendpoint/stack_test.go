@@ -4,17 +4,14 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
@@ -98,31 +95,9 @@ func transfer(t *testing.T, cfg lro.Config, v6 bool, n int, corrupt float64) (se
 		rx.Wait()
 	}()
 
-	ln, err := gonet.ListenTCP(rx, tcpip.FullAddress{NIC: 1, Addr: addrs[1], Port: 5201}, proto)
-	require.NoError(t, err)
-	defer ln.Close()
 	data := testpacket.Payload(42, n)
 	sent = sha256.Sum256(data)
-	errc := make(chan error, 1)
-	go func() {
-		c, err := gonet.DialTCP(tx, tcpip.FullAddress{NIC: 1, Addr: addrs[1], Port: 5201}, proto)
-		if err != nil {
-			errc <- err
-			return
-		}
-		_, err = c.Write(data)
-		c.Close()
-		errc <- err
-	}()
-	c, err := ln.Accept()
-	require.NoError(t, err)
-	require.NoError(t, c.SetReadDeadline(time.Now().Add(60*time.Second)), "hang guard")
-	h := sha256.New()
-	_, err = io.Copy(h, c)
-	require.NoError(t, err)
-	c.Close()
-	require.NoError(t, <-errc)
-	copy(got[:], h.Sum(nil))
+	got = testpacket.Transfer(t, tx, rx, tcpip.FullAddress{NIC: 1, Addr: addrs[1], Port: 5201}, proto, data)
 	return sent, got, e, rx, corrupted
 }
 

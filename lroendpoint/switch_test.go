@@ -3,16 +3,13 @@ package lroendpoint
 import (
 	"context"
 	"crypto/sha256"
-	"io"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/link/nested"
@@ -129,31 +126,9 @@ func TestSetMergingUnderTraffic(t *testing.T) {
 		rx.Wait()
 	}()
 
-	addr := tcpip.FullAddress{NIC: 1, Addr: addr4[1], Port: 5201}
-	ln, err := gonet.ListenTCP(rx, addr, header.IPv4ProtocolNumber)
-	require.NoError(t, err)
-	defer ln.Close()
 	data := testpacket.Payload(7, 8<<20)
-	errc := make(chan error, 1)
-	go func() {
-		c, err := gonet.DialTCP(tx, addr, header.IPv4ProtocolNumber)
-		if err != nil {
-			errc <- err
-			return
-		}
-		_, err = c.Write(data)
-		c.Close()
-		errc <- err
-	}()
-	c, err := ln.Accept()
-	require.NoError(t, err)
-	require.NoError(t, c.SetReadDeadline(time.Now().Add(60*time.Second)), "hang guard")
-	h := sha256.New()
-	_, err = io.Copy(h, c)
-	require.NoError(t, err)
-	c.Close()
-	require.NoError(t, <-errc)
-	require.Equal(t, sha256.Sum256(data), [32]byte(h.Sum(nil)), "SHA-256 of the stream")
+	got := testpacket.Transfer(t, tx, rx, tcpip.FullAddress{NIC: 1, Addr: addr4[1], Port: 5201}, header.IPv4ProtocolNumber, data)
+	require.Equal(t, sha256.Sum256(data), got, "SHA-256 of the stream")
 
 	cancel()
 	wg.Wait()

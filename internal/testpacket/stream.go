@@ -1,0 +1,44 @@
+package testpacket
+
+import (
+	"crypto/sha256"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// Transfer sends data over one TCP connection from tx to rx, which
+// listens on addr, closes it, and returns the SHA-256 of what rx read
+// up to the sender's FIN. A read that waits longer than a minute fails
+// the test, so a transfer that stalls cannot hang it.
+func Transfer(t testing.TB, tx, rx *stack.Stack, addr tcpip.FullAddress, proto tcpip.NetworkProtocolNumber, data []byte) [sha256.Size]byte {
+	t.Helper()
+	ln, err := gonet.ListenTCP(rx, addr, proto)
+	require.NoError(t, err)
+	defer ln.Close()
+	errc := make(chan error, 1)
+	go func() {
+		c, err := gonet.DialTCP(tx, addr, proto)
+		if err != nil {
+			errc <- err
+			return
+		}
+		_, err = c.Write(data)
+		c.Close()
+		errc <- err
+	}()
+	c, err := ln.Accept()
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(time.Minute)), "hang guard")
+	h := sha256.New()
+	_, err = io.Copy(h, c)
+	require.NoError(t, err)
+	require.NoError(t, <-errc)
+	return [sha256.Size]byte(h.Sum(nil))
+}
