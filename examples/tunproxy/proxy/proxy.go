@@ -207,16 +207,16 @@ func (p *Proxy) newLink() error {
 			return fmt.Errorf("tunproxy: %s: gVisor fdbased: %w", cfg.Path, err)
 		}
 	case PathNetlroRead, PathNetlroURing, PathNetlroVNet:
-		p.lower, err = fdbased.New(&fdbased.Options{
+		ep, err := fdbased.New(&fdbased.Options{
 			FDs:     []int{cfg.FD},
 			MTU:     cfg.MTU,
 			IOUring: cfg.Path == PathNetlroURing,
 			VNetHdr: cfg.Path.VNetHdr(),
 		})
 		if err != nil {
-			return fmt.Errorf("tunproxy: %s: fdbased: %w", cfg.Path, err)
+			return fmt.Errorf("tunproxy: %s: %w", cfg.Path, err)
 		}
-		p.fd, _ = p.lower.(*fdbased.Endpoint)
+		p.lower, p.fd = ep, ep
 	default:
 		return fmt.Errorf("tunproxy: unknown path %q", cfg.Path)
 	}
