@@ -27,6 +27,9 @@ type Engine struct {
 	timer     tcpip.Timer // nil when FlushDelay < 0
 	armed     atomic.Bool // the timer is set to fire
 	closed    atomic.Bool // Close was called: hold nothing more
+	// off is set while SetMerging has turned merging off; the queues'
+	// engines share their parent's.
+	off *atomic.Bool
 
 	parent *Engine    // set on a queue's engine
 	qmu    sync.Mutex // guards writes to queues
@@ -64,6 +67,7 @@ func build(next stack.NetworkDispatcher, cfg Config) *Engine {
 		seed:      rand.Uint64(),
 		shards:    make([]shard, cfg.Shards),
 		shardMask: uint64(cfg.Shards - 1),
+		off:       new(atomic.Bool),
 	}
 	e.perShard = (cfg.MaxFlows + cfg.Shards - 1) / cfg.Shards
 	for i := range e.shards {
@@ -117,6 +121,10 @@ func (e *Engine) handle(proto tcpip.NetworkProtocolNumber, r *packetRef) {
 			v, s.reason = verdictPassFlow, cPassTCPFlags
 		case s.fragment && e.cfg.ClaimChecksumOffload:
 			v = verdictPass // dropped by pass: nobody checks it later
+		case v == verdictCandidate && e.off.Load():
+			// Merging is off: the packet goes up as it came, after its
+			// flow's held packet, which was held before the switch.
+			v, s.reason = verdictPassFlow, cPassMergingOff
 		}
 	}
 	sh := &e.shards[s.hash&e.shardMask]

@@ -28,7 +28,7 @@ func (e *Engine) queue(i int) *Engine {
 	}
 	for len(qs) <= i {
 		q := build(e.next, e.cfg)
-		q.parent = e
+		q.parent, q.off = e, e.off
 		if e.closed.Load() {
 			q.closed.Store(true)
 		}

@@ -33,6 +33,7 @@ type Stats struct {
 	PassBadChecksum uint64 // IPv4 header or TCP checksum failed
 	PassMalformed   uint64 // truncated or unparsable
 	PassOutOfOrder  uint64 // not the next sequence number of the held session
+	PassMergingOff  uint64 // would have been a merge candidate, but SetMerging turned merging off
 
 	// Dropped packets, only with ClaimChecksumOffload.
 	DropBadChecksum  uint64 // a checksum failed
@@ -76,7 +77,8 @@ func (s Stats) String() string {
 		"order", s.FlushOrder, "mismatch", s.FlushMismatch, "timer", s.FlushTimer)
 	line("pass", "not-tcp", s.PassNotTCP, "fragment", s.PassFragment, "ip-options", s.PassIPOptions,
 		"tcp-options", s.PassTCPOptions, "tcp-flags", s.PassTCPFlags, "padding", s.PassPadding,
-		"bad-checksum", s.PassBadChecksum, "malformed", s.PassMalformed, "out-of-order", s.PassOutOfOrder)
+		"bad-checksum", s.PassBadChecksum, "malformed", s.PassMalformed, "out-of-order", s.PassOutOfOrder,
+		"merging-off", s.PassMergingOff)
 	line("drop", "bad-checksum", s.DropBadChecksum, "unverifiable", s.DropUnverifiable)
 	return b.String()
 }
@@ -106,6 +108,7 @@ const (
 	cPassBadChecksum
 	cPassMalformed
 	cPassOutOfOrder
+	cPassMergingOff
 	cDropBadChecksum
 	cDropUnverifiable
 	numCounters
@@ -134,7 +137,7 @@ func (s *Stats) pointers() [numCounters]*uint64 {
 		&s.PacketsIn, &s.PacketsOut, &s.SegmentsMerged, &s.MergedPackets,
 		&s.FlushBatch, &s.FlushEvict, &s.FlushLimit, &s.FlushOrder, &s.FlushMismatch, &s.FlushTimer,
 		&s.PassNotTCP, &s.PassFragment, &s.PassIPOptions, &s.PassTCPOptions, &s.PassTCPFlags,
-		&s.PassPadding, &s.PassBadChecksum, &s.PassMalformed, &s.PassOutOfOrder,
+		&s.PassPadding, &s.PassBadChecksum, &s.PassMalformed, &s.PassOutOfOrder, &s.PassMergingOff,
 		&s.DropBadChecksum, &s.DropUnverifiable,
 	}
 }

@@ -17,11 +17,10 @@ import (
 // the ClaimChecksumOffload mode, and detaching releases what the engine
 // held.
 //
-// The lower endpoint is attached to a dispatcher that hands every packet
-// to the engine (or, while SetMerging has turned merging off, to one that
-// merges nothing) and implements rxbatch.Flusher, rxbatch.FragmentDispatcher
-// and rxbatch.MultiQueue, so a lower endpoint that knows them (this project's
-// fdbased) finds them by a type assertion on its dispatcher.
+// The lower endpoint is attached to the engine itself, so a lower endpoint
+// that knows rxbatch.Flusher, rxbatch.FragmentDispatcher or
+// rxbatch.MultiQueue (this project's fdbased) finds them by a type
+// assertion on its dispatcher.
 //
 // Teardown works in the order netstack and its users call it, under
 // traffic: Stack.Destroy, Stack.RemoveNIC, Close, Attach(nil) and Wait, in
@@ -36,8 +35,7 @@ type Endpoint struct {
 	lower  stack.LinkEndpoint
 	engine *lro.Engine
 	claim  bool
-	gate   gate        // to the NIC, while attached
-	sw     mergeSwitch // SetMerging
+	gate   gate // to the NIC, while attached
 
 	mu sync.Mutex // serializes Attach, Wait and Close
 	// detaching is closed when a background detach ends; nil if none runs.
@@ -66,9 +64,6 @@ func New(lower stack.LinkEndpoint, cfg lro.Config) (*Endpoint, error) {
 		return nil, err
 	}
 	e.engine = engine
-	if e.sw.pass, err = lro.New((*upper)(e), passConfig(cfg)); err != nil {
-		return nil, err
-	}
 	return e, nil
 }
 
@@ -77,6 +72,14 @@ func (e *Endpoint) Stats() lro.Stats { return e.engine.Stats() }
 
 // Flush implements rxbatch.Flusher: it delivers every held packet.
 func (e *Endpoint) Flush() { e.engine.Flush() }
+
+// SetMerging turns merging off (false) or back on (true) while traffic
+// flows, for an A/B comparison in production; see lro.Engine.SetMerging.
+// Nothing is lost or reordered at the switch.
+func (e *Endpoint) SetMerging(on bool) { e.engine.SetMerging(on) }
+
+// Merging reports whether merging is on, as it is after New.
+func (e *Endpoint) Merging() bool { return e.engine.Merging() }
 
 // Lower returns the wrapped endpoint.
 func (e *Endpoint) Lower() stack.LinkEndpoint { return e.lower }
@@ -101,7 +104,7 @@ func (e *Endpoint) Attach(dispatcher stack.NetworkDispatcher) {
 		e.reattach = true
 		return
 	}
-	e.lower.Attach(e.dispatcher())
+	e.lower.Attach(e.engine)
 }
 
 // detachLocked is Attach(nil). It never delivers into netstack: a
@@ -137,7 +140,7 @@ func (e *Endpoint) detachLater(done chan struct{}) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.reattach && e.gate.isOpen() {
-		e.lower.Attach(e.dispatcher())
+		e.lower.Attach(e.engine)
 	}
 	e.reattach = false
 	e.detaching = nil
@@ -178,7 +181,6 @@ func (e *Endpoint) Close() {
 	}
 	e.lower.Close()
 	e.engine.Close()
-	e.sw.pass.Close()
 }
 
 // Wait implements stack.LinkEndpoint: it waits for the lower endpoint's
