@@ -56,6 +56,8 @@
 // out-of-sequence segment (a retransmission or a gap) among them, is
 // delivered unchanged, after its flow's held packet when it is TCP, and
 // Stats counts why (PassTCPFlags, PassTCPOptions, PassOutOfOrder, ...).
+// While Engine.SetMerging has turned merging off, every segment takes that
+// path (PassMergingOff).
 //
 // Two rule sets, chosen by Config.Resegmentable:
 //
