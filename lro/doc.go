@@ -105,6 +105,16 @@
 //
 // # Known limits
 //
+//   - Netstack's own IP forwarding cannot send a merged packet on: at the
+//     pinned gVisor version it checks the packet against the outgoing
+//     MTU and copies it without its GSO options, so a merged packet with
+//     DF set is dropped (with an ICMP "fragmentation needed" that the
+//     sender, already at that MTU, cannot act on) and the connection
+//     stalls. Wrap only NICs whose TCP netstack terminates (an endpoint, a
+//     transparent proxy's tcp.NewForwarder), not NICs whose traffic
+//     netstack routes on (Stack.SetForwardingDefaultAndAllNICs).
+//     Resegmentable's promise is for a forwarder that splits what it
+//     gets, outside netstack.
 //   - IPv6 packets with extension headers the engine does not walk (AH,
 //     ESP, Mobility, ...) pass through without flushing their flow's held
 //     packet: their flow is not known. TCP sorts out the rare reorder.
