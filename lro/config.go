@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
+
+	"github.com/netlro/netlro/internal/rxtrust"
 )
 
 // Defaults for the zero Config.
@@ -85,6 +87,10 @@ type Config struct {
 	// too. New sets it when next says so (rxtrust.Lower), as lroendpoint's
 	// dispatcher does from the lower endpoint's capabilities.
 	lowerVerified bool
+	// local, when set, tells whether netstack keeps a packet addressed
+	// to a destination (rxtrust.Local); a flow it would forward never
+	// starts a session.
+	local rxtrust.Local
 }
 
 // withDefaults returns c with zero fields set, or an error naming the bad

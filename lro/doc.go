@@ -57,7 +57,9 @@
 // delivered unchanged, after its flow's held packet when it is TCP, and
 // Stats counts why (PassTCPFlags, PassTCPOptions, PassOutOfOrder, ...).
 // While Engine.SetMerging has turned merging off, every segment takes that
-// path (PassMergingOff).
+// path (PassMergingOff), as does a flow for a destination the NIC does not
+// keep (PassNotLocal: netstack would forward or drop it; see Known
+// limits).
 //
 // Two rule sets, chosen by Config.Resegmentable:
 //
@@ -105,16 +107,16 @@
 //
 // # Known limits
 //
-//   - Netstack's own IP forwarding cannot send a merged packet on: at the
-//     pinned gVisor version it checks the packet against the outgoing
-//     MTU and copies it without its GSO options, so a merged packet with
-//     DF set is dropped (with an ICMP "fragmentation needed" that the
-//     sender, already at that MTU, cannot act on) and the connection
-//     stalls. Wrap only NICs whose TCP netstack terminates (an endpoint, a
-//     transparent proxy's tcp.NewForwarder), not NICs whose traffic
-//     netstack routes on (Stack.SetForwardingDefaultAndAllNICs).
-//     Resegmentable's promise is for a forwarder that splits what it
-//     gets, outside netstack.
+//   - Netstack's own IP forwarding cannot send a merged packet on (at the
+//     pinned gVisor version it checks the packet against the outgoing MTU
+//     and copies it without its GSO options, so a merged packet with DF
+//     set would be dropped). So, when the engine delivers to a NIC
+//     (directly or through lroendpoint), a segment that would start a
+//     session first asks the NIC whether it keeps the destination
+//     (promiscuous, or one of its addresses; spoofing says yes to all),
+//     and a flow that netstack forwards or drops passes unmerged
+//     (PassNotLocal). Resegmentable's promise is for a forwarder outside
+//     netstack that splits what it gets.
 //   - IPv6 packets with extension headers the engine does not walk (AH,
 //     ESP, Mobility, ...) pass through without flushing their flow's held
 //     packet: their flow is not known. TCP sorts out the rare reorder.

@@ -56,6 +56,12 @@ func New(next stack.NetworkDispatcher, cfg Config) (*Engine, error) {
 	if l, ok := next.(rxtrust.Lower); ok {
 		cfg.lowerVerified = l.LowerVerifiesChecksums()
 	}
+	switch n := next.(type) {
+	case rxtrust.Local:
+		cfg.local = n
+	case rxtrust.NIC:
+		cfg.local = nicLocal{n}
+	}
 	return build(next, cfg), nil
 }
 
@@ -183,6 +189,21 @@ func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pa
 	sh.mu.Lock()
 	sh.q.reserve(len(out))
 	i := sh.lookup(s, e.seed)
+	if i < 0 && e.cfg.local != nil {
+		// s would start a session. Ask netstack whether it keeps s's
+		// flow, once per session and with no lock of ours held: a flow
+		// it forwards must not merge, since it cannot forward the result.
+		sh.q.unreserve(len(out))
+		sh.mu.Unlock()
+		if !e.cfg.local.DeliversLocally(proto, s.dst()) {
+			s.reason = cPassNotLocal
+			e.flushAndPass(sh, proto, r, s)
+			return
+		}
+		sh.mu.Lock()
+		sh.q.reserve(len(out))
+		i = sh.lookup(s, e.seed)
+	}
 	var a action
 	if i >= 0 {
 		f := &sh.flows[i].session
@@ -293,4 +314,12 @@ func newPacket(proto tcpip.NetworkProtocolNumber, r *packetRef) *stack.PacketBuf
 	}
 	pkt.NetworkProtocolNumber = proto
 	return pkt
+}
+
+// nicLocal answers rxtrust.Local for an engine delivering straight to
+// netstack's NIC.
+type nicLocal struct{ n rxtrust.NIC }
+
+func (l nicLocal) DeliversLocally(proto tcpip.NetworkProtocolNumber, addr tcpip.Address) bool {
+	return rxtrust.DeliversLocally(l.n, proto, addr)
 }

@@ -162,6 +162,14 @@ type segment struct {
 	fragment bool
 }
 
+// dst returns the segment's destination address.
+func (s *segment) dst() tcpip.Address {
+	if s.v6 {
+		return tcpip.AddrFrom16(s.key.dst)
+	}
+	return tcpip.AddrFrom4([4]byte(s.key.dst[:4]))
+}
+
 // tcp returns the segment's TCP header.
 func (s *segment) tcp() header.TCP { return header.TCP(s.hdr[s.ipLen:]) }
 

@@ -34,6 +34,7 @@ type Stats struct {
 	PassMalformed   uint64 // truncated or unparsable
 	PassOutOfOrder  uint64 // not the next sequence number of the held session
 	PassMergingOff  uint64 // would have been a merge candidate, but SetMerging turned merging off
+	PassNotLocal    uint64 // for a destination netstack does not keep: it forwards or drops it
 
 	// Dropped packets, only with ClaimChecksumOffload.
 	DropBadChecksum  uint64 // a checksum failed
@@ -78,7 +79,7 @@ func (s Stats) String() string {
 	line("pass", "not-tcp", s.PassNotTCP, "fragment", s.PassFragment, "ip-options", s.PassIPOptions,
 		"tcp-options", s.PassTCPOptions, "tcp-flags", s.PassTCPFlags, "padding", s.PassPadding,
 		"bad-checksum", s.PassBadChecksum, "malformed", s.PassMalformed, "out-of-order", s.PassOutOfOrder,
-		"merging-off", s.PassMergingOff)
+		"merging-off", s.PassMergingOff, "not-local", s.PassNotLocal)
 	line("drop", "bad-checksum", s.DropBadChecksum, "unverifiable", s.DropUnverifiable)
 	return b.String()
 }
@@ -109,6 +110,7 @@ const (
 	cPassMalformed
 	cPassOutOfOrder
 	cPassMergingOff
+	cPassNotLocal
 	cDropBadChecksum
 	cDropUnverifiable
 	numCounters
@@ -138,6 +140,7 @@ func (s *Stats) pointers() [numCounters]*uint64 {
 		&s.FlushBatch, &s.FlushEvict, &s.FlushLimit, &s.FlushOrder, &s.FlushMismatch, &s.FlushTimer,
 		&s.PassNotTCP, &s.PassFragment, &s.PassIPOptions, &s.PassTCPOptions, &s.PassTCPFlags,
 		&s.PassPadding, &s.PassBadChecksum, &s.PassMalformed, &s.PassOutOfOrder, &s.PassMergingOff,
+		&s.PassNotLocal,
 		&s.DropBadChecksum, &s.DropUnverifiable,
 	}
 }

@@ -67,6 +67,14 @@ func Example() {
 	if err := s.CreateNIC(1, ep); err != nil {
 		panic(err)
 	}
+	// netstack keeps what is addressed to it; the engine merges only that.
+	addr := tcpip.ProtocolAddress{
+		Protocol:          ipv4.ProtocolNumber,
+		AddressWithPrefix: tcpip.AddrFrom4([4]byte{192, 0, 2, 2}).WithPrefix(),
+	}
+	if err := s.AddProtocolAddress(1, addr, stack.AddressProperties{}); err != nil {
+		panic(err)
+	}
 
 	// One batch: ten in-order segments of one flow, then the batch end.
 	payload := make([]byte, 1448)

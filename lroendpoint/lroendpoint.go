@@ -52,6 +52,7 @@ var (
 	_ stack.GSOEndpoint  = (*Endpoint)(nil)
 	_ lro.Flusher        = (*Endpoint)(nil)
 	_ rxtrust.Lower      = (*upper)(nil)
+	_ rxtrust.Local      = (*upper)(nil)
 )
 
 // New wraps lower with an engine configured by cfg. If lower reports
@@ -261,6 +262,20 @@ func (u *upper) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *sta
 // views included.
 func (u *upper) LowerVerifiesChecksums() bool {
 	return u.lower.Capabilities()&stack.CapabilityRXChecksumOffload != 0
+}
+
+// DeliversLocally implements rxtrust.Local, which the engine asks before
+// it starts a session: by the NIC attached now, if it can tell, whether
+// netstack keeps packets for addr or would forward them.
+func (u *upper) DeliversLocally(proto tcpip.NetworkProtocolNumber, addr tcpip.Address) bool {
+	d := u.gate.d.Load()
+	if d == nil {
+		return true
+	}
+	if n, ok := (*d).(rxtrust.NIC); ok {
+		return rxtrust.DeliversLocally(n, proto, addr)
+	}
+	return true
 }
 
 // DeliverLinkPacket implements stack.NetworkDispatcher.

@@ -1,6 +1,7 @@
 package testpacket
 
 import (
+	"context"
 	"crypto/sha256"
 	"io"
 	"testing"
@@ -14,8 +15,9 @@ import (
 
 // Transfer sends data over one TCP connection from tx to rx, which
 // listens on addr, closes it, and returns the SHA-256 of what rx read
-// up to the sender's FIN. A read that waits longer than a minute fails
-// the test, so a transfer that stalls cannot hang it.
+// up to the sender's FIN. A connection that is not up within a minute,
+// or a read that waits longer than one, fails the test, so a transfer
+// that stalls cannot hang it.
 func Transfer(t testing.TB, tx, rx *stack.Stack, addr tcpip.FullAddress, proto tcpip.NetworkProtocolNumber, data []byte) [sha256.Size]byte {
 	t.Helper()
 	ln, err := gonet.ListenTCP(rx, addr, proto)
@@ -23,9 +25,12 @@ func Transfer(t testing.TB, tx, rx *stack.Stack, addr tcpip.FullAddress, proto t
 	defer ln.Close()
 	errc := make(chan error, 1)
 	go func() {
-		c, err := gonet.DialTCP(tx, addr, proto)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		c, err := gonet.DialContextTCP(ctx, tx, addr, proto)
 		if err != nil {
 			errc <- err
+			ln.Close() // and Accept returns
 			return
 		}
 		_, err = c.Write(data)
@@ -33,7 +38,10 @@ func Transfer(t testing.TB, tx, rx *stack.Stack, addr tcpip.FullAddress, proto t
 		errc <- err
 	}()
 	c, err := ln.Accept()
-	require.NoError(t, err)
+	if err != nil {
+		require.NoError(t, <-errc, "dial")
+		require.NoError(t, err, "accept")
+	}
 	defer c.Close()
 	require.NoError(t, c.SetReadDeadline(time.Now().Add(time.Minute)), "hang guard")
 	h := sha256.New()

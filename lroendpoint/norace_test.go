@@ -1,0 +1,5 @@
+//go:build !race
+
+package lroendpoint
+
+const raceEnabled = false
