@@ -62,18 +62,19 @@ func New(next stack.NetworkDispatcher, cfg Config) (*Engine, error) {
 	case rxtrust.NIC:
 		cfg.local = nicLocal{n}
 	}
-	return build(next, cfg), nil
+	return build(next, cfg, new(atomic.Bool)), nil
 }
 
-// build makes an engine from a checked Config.
-func build(next stack.NetworkDispatcher, cfg Config) *Engine {
+// build makes an engine from a checked Config, switched by off (shared
+// with the queues' engines).
+func build(next stack.NetworkDispatcher, cfg Config, off *atomic.Bool) *Engine {
 	e := &Engine{
 		next:      next,
 		cfg:       cfg,
 		seed:      rand.Uint64(),
 		shards:    make([]shard, cfg.Shards),
 		shardMask: uint64(cfg.Shards - 1),
-		off:       new(atomic.Bool),
+		off:       off,
 	}
 	e.perShard = (cfg.MaxFlows + cfg.Shards - 1) / cfg.Shards
 	for i := range e.shards {
@@ -191,8 +192,10 @@ func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pa
 	i := sh.lookup(s, e.seed)
 	if i < 0 && e.cfg.local != nil {
 		// s would start a session. Ask netstack whether it keeps s's
-		// flow, once per session and with no lock of ours held: a flow
-		// it forwards must not merge, since it cannot forward the result.
+		// flow, with no lock of ours held: a flow it forwards must not
+		// merge, since it cannot forward the result. A kept flow is asked
+		// once per session; a forwarded one never has a session, so each
+		// of its candidate segments is asked.
 		sh.q.unreserve(len(out))
 		sh.mu.Unlock()
 		if !e.cfg.local.DeliversLocally(proto, s.dst()) {

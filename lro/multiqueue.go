@@ -27,8 +27,8 @@ func (e *Engine) queue(i int) *Engine {
 		qs = *p
 	}
 	for len(qs) <= i {
-		q := build(e.next, e.cfg)
-		q.parent, q.off = e, e.off
+		q := build(e.next, e.cfg, e.off)
+		q.parent = e
 		if e.closed.Load() {
 			q.closed.Store(true)
 		}
