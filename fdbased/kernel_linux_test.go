@@ -27,7 +27,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
-	"github.com/netlro/netlro/internal/tapns"
+	"github.com/netlro/netlro/internal/bench/tapns"
 	"github.com/netlro/netlro/internal/testpacket"
 	"github.com/netlro/netlro/lro"
 	"github.com/netlro/netlro/lroendpoint"

@@ -12,8 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"gvisor.dev/gvisor/pkg/tcpip"
 
-	"github.com/netlro/netlro/internal/iperf"
-	"github.com/netlro/netlro/internal/iperf3"
+	"github.com/netlro/netlro/internal/bench/iperf"
+	"github.com/netlro/netlro/internal/bench/iperf3"
 )
 
 // iperf3Report is the part of iperf3 -J's output the test reads.

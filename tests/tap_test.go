@@ -11,8 +11,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"gvisor.dev/gvisor/pkg/tcpip"
 
-	"github.com/netlro/netlro/internal/iperf"
-	"github.com/netlro/netlro/internal/tapns"
+	"github.com/netlro/netlro/internal/bench/iperf"
+	"github.com/netlro/netlro/internal/bench/tapns"
 )
 
 // tapMAC is the netstack's MAC address on the TAP device.

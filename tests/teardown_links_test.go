@@ -22,7 +22,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/netlro/netlro/fdbased"
-	"github.com/netlro/netlro/internal/tapns"
+	"github.com/netlro/netlro/internal/bench/tapns"
 )
 
 // tdLink is one iteration's pair of link endpoints: the receiver's lower

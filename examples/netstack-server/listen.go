@@ -13,9 +13,9 @@ import (
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 
-	"github.com/netlro/netlro/internal/iperf"
-	"github.com/netlro/netlro/internal/iperf3"
-	"github.com/netlro/netlro/internal/tapns"
+	"github.com/netlro/netlro/internal/bench/iperf"
+	"github.com/netlro/netlro/internal/bench/iperf3"
+	"github.com/netlro/netlro/internal/bench/tapns"
 )
 
 // runListen serves the iperf3 protocol from a netstack on an existing TAP

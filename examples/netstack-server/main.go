@@ -60,7 +60,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/netlro/netlro/internal/iperf"
+	"github.com/netlro/netlro/internal/bench/iperf"
 )
 
 // exitUsage is the exit code for a wrong command line or a missing

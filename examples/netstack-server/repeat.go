@@ -7,7 +7,7 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/netlro/netlro/internal/iperf"
+	"github.com/netlro/netlro/internal/bench/iperf"
 )
 
 // runRepeat runs the table (or the row of -mode) o.repeat times and

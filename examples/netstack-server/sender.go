@@ -14,7 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/netlro/netlro/internal/iperf"
+	"github.com/netlro/netlro/internal/bench/iperf"
 )
 
 // The sending side runs in a child process, this same binary started with

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/netlro/netlro/internal/iperf"
+	"github.com/netlro/netlro/internal/bench/iperf"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"

@@ -8,7 +8,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/netlro/netlro/internal/iperf"
+	"github.com/netlro/netlro/internal/bench/iperf"
 	"github.com/netlro/netlro/lro"
 )
 

@@ -12,8 +12,8 @@ import (
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 
-	"github.com/netlro/netlro/internal/iperf"
-	"github.com/netlro/netlro/internal/tapns"
+	"github.com/netlro/netlro/internal/bench/iperf"
+	"github.com/netlro/netlro/internal/bench/tapns"
 )
 
 // netstackMAC is the receiving netstack's MAC address on a TAP device: a

@@ -16,8 +16,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/netlro/netlro/internal/iperf"
-	"github.com/netlro/netlro/internal/tapns"
+	"github.com/netlro/netlro/internal/bench/iperf"
+	"github.com/netlro/netlro/internal/bench/tapns"
 )
 
 // TestTapTable runs two rows of -tap: the kernel's TCP sending from a

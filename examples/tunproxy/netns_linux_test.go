@@ -25,7 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/netlro/netlro/examples/tunproxy/proxy"
-	"github.com/netlro/netlro/internal/iperf"
+	"github.com/netlro/netlro/internal/bench/iperf"
 )
 
 // The test network, which exists only inside the namespaces it makes:
@@ -137,7 +137,7 @@ func newTopo(t *testing.T) *topo {
 // impairedTUN opens the client namespace's TUN device in this process
 // and forwards its packets, impaired by prof on their way from the
 // client, to a SOCK_SEQPACKET socket, and returns that socket's other end
-// for the proxy (-tun-fd): the impairment of internal/iperf's profiles,
+// for the proxy (-tun-fd): the impairment of internal/bench/iperf's profiles,
 // which are a pump between sockets, on the TUN side. t's cleanup stops
 // the pump.
 func (tp *topo) impairedTUN(t *testing.T, prof iperf.Profile) (*os.File, *iperf.Pump) {

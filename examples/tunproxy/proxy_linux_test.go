@@ -22,7 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/netlro/netlro/examples/tunproxy/proxy"
-	"github.com/netlro/netlro/internal/iperf"
+	"github.com/netlro/netlro/internal/bench/iperf"
 )
 
 var (
@@ -241,7 +241,7 @@ func (tp *topo) verifiedRun(t *testing.T, conns int, up, down int64, seed uint64
 // TestVerifiedThroughProxyMixed sends seeded streams both ways through
 // the proxy while the packets the client's kernel sends into the TUN
 // device are impaired by the mixed profile (loss, reordering,
-// duplication, corruption: internal/iperf's pump, between the TUN device
+// duplication, corruption: internal/bench/iperf's pump, between the TUN device
 // and the proxy's -tun-fd socket, since this kernel has no netem), and
 // checks every byte's SHA-256 at the far end, half-closes included: on
 // the batch-end path and on the timer path.
