@@ -97,8 +97,9 @@
 // a link that delivers synchronously (a loopback or pipe link): it never
 // waits, neither for room nor in Flush, since what it would wait for may
 // be its own delivery. Telling such a goroutine apart takes its goroutine
-// ID, which gVisor reads on amd64 and arm64; on other architectures no
-// goroutine waits and the bound is not enforced.
+// ID: gVisor's goid reads it on amd64 and arm64, and elsewhere it is read,
+// more slowly, from the goroutine's stack trace header, so the bound holds
+// on every architecture.
 //
 // A lower endpoint with several receive queues, one goroutine each (this
 // project's fdbased with several fds), gives queue i's packets to

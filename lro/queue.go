@@ -132,7 +132,7 @@ type pushed struct {
 //
 // +checklocks:q.mu
 func (q *deliveryQueue) reserve(n int) {
-	for q.reserved+q.undelivered > 0 && q.reserved+q.undelivered+n > queueLimit && mayWait() {
+	for q.reserved+q.undelivered > 0 && q.reserved+q.undelivered+n > queueLimit && deliverers.mayWait() {
 		q.waiters++
 		q.cond.Wait()
 		q.waiters--
@@ -200,8 +200,8 @@ func (q *deliveryQueue) run(items []pending, p *pushed) {
 	if p.mine == 0 {
 		return
 	}
-	slot := enterDelivery()
-	defer leaveDelivery(slot)
+	slot := deliverers.enter()
+	defer deliverers.leave(slot)
 	for m := p.mine; m != 0; m &= m - 1 {
 		q.deliver(items[bits.TrailingZeros32(m)])
 	}
@@ -256,7 +256,7 @@ func (q *deliveryQueue) signal() {
 // have reached netstack. Inside netstack it returns at once: the lane it
 // would wait for may be one its own caller is delivering.
 func (q *deliveryQueue) wait(p *pushed) {
-	if p.waits == 0 || !mayWait() {
+	if p.waits == 0 || !deliverers.mayWait() {
 		return
 	}
 	q.mu.Lock()
