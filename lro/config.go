@@ -8,7 +8,7 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 
-	"github.com/netlro/netlro/internal/rxtrust"
+	"github.com/netlro/netlro/rxbatch"
 )
 
 // Defaults for the zero Config.
@@ -80,17 +80,20 @@ type Config struct {
 	// Clock runs the flush timer. nil means the system clock.
 	Clock tcpip.Clock
 
-	// lowerVerified says that the lower endpoint verified the checksums
-	// of every packet it delivers, as a link endpoint reporting
-	// stack.CapabilityRXChecksumOffload does; packets it delivers as
-	// fragments, which carry no RXChecksumValidated flag, are then trusted
-	// too. New sets it when next says so (rxtrust.Lower), as lroendpoint's
-	// dispatcher does from the lower endpoint's capabilities.
-	lowerVerified bool
+	// TrustChecksums says that every packet delivered to the engine has
+	// correct checksums: verified below it, as by a link endpoint that
+	// reports stack.CapabilityRXChecksumOffload, or authenticated, as a
+	// VPN's decrypted packets are. The engine then merges without
+	// verifying them. Without it, only a PacketBuffer flagged
+	// RXChecksumValidated is trusted; a frame delivered as fragments
+	// carries no such flag. lroendpoint sets it when its lower endpoint
+	// reports stack.CapabilityRXChecksumOffload.
+	TrustChecksums bool
+
 	// local, when set, tells whether netstack keeps a packet addressed
-	// to a destination (rxtrust.Local); a flow it would forward never
-	// starts a session.
-	local rxtrust.Local
+	// to a destination (rxbatch.Locality of the dispatcher New was
+	// given); a flow it would forward never starts a session.
+	local rxbatch.Locality
 }
 
 // withDefaults returns c with zero fields set, or an error naming the bad

@@ -11,7 +11,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
-	"github.com/netlro/netlro/internal/rxtrust"
+	"github.com/netlro/netlro/rxbatch"
 )
 
 // Engine merges in-order TCP segments on their way from a link endpoint to
@@ -53,15 +53,7 @@ func New(next stack.NetworkDispatcher, cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	if l, ok := next.(rxtrust.Lower); ok {
-		cfg.lowerVerified = l.LowerVerifiesChecksums()
-	}
-	switch n := next.(type) {
-	case rxtrust.Local:
-		cfg.local = n
-	case rxtrust.NIC:
-		cfg.local = nicLocal{n}
-	}
+	cfg.local = rxbatch.LocalityOf(next)
 	return build(next, cfg, new(atomic.Bool)), nil
 }
 
@@ -147,7 +139,7 @@ func (e *Engine) handle(proto tcpip.NetworkProtocolNumber, r *packetRef) {
 
 // validated reports whether the lower endpoint verified r's checksums.
 func (e *Engine) validated(r *packetRef) bool {
-	return e.cfg.lowerVerified || (r.pkt != nil && r.pkt.RXChecksumValidated)
+	return e.cfg.TrustChecksums || (r.pkt != nil && r.pkt.RXChecksumValidated)
 }
 
 // pass delivers a packet that belongs to no session, after the checks that
@@ -317,12 +309,4 @@ func newPacket(proto tcpip.NetworkProtocolNumber, r *packetRef) *stack.PacketBuf
 	}
 	pkt.NetworkProtocolNumber = proto
 	return pkt
-}
-
-// nicLocal answers rxtrust.Local for an engine delivering straight to
-// netstack's NIC.
-type nicLocal struct{ n rxtrust.NIC }
-
-func (l nicLocal) DeliversLocally(proto tcpip.NetworkProtocolNumber, addr tcpip.Address) bool {
-	return rxtrust.DeliversLocally(l.n, proto, addr)
 }

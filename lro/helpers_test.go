@@ -150,21 +150,3 @@ func ipLen(b []byte) int {
 }
 
 func bufferOf(b []byte) buffer.Buffer { return buffer.MakeWithData(b) }
-
-// below returns rec, or with verified, rec as a dispatcher that says the
-// link endpoint below the engine verified every checksum, as
-// lroendpoint's does for a lower endpoint reporting
-// stack.CapabilityRXChecksumOffload.
-func below(rec *recorder, verified bool) stack.NetworkDispatcher {
-	if verified {
-		return verifiedBelow{rec}
-	}
-	return rec
-}
-
-// verifiedBelow is a recorder that says the link endpoint below the
-// engine verified every checksum.
-type verifiedBelow struct{ *recorder }
-
-// LowerVerifiesChecksums implements rxtrust.Lower.
-func (verifiedBelow) LowerVerifiesChecksums() bool { return true }

@@ -241,8 +241,8 @@ func TestChecksumOffsets(t *testing.T) {
 }
 
 // TestValidatedByLowerEndpoint: a lower endpoint that validated checksums
-// is trusted, by the packet flag or, for fragments, by rxtrust.Lower on
-// the dispatcher, even when the sender's offload left only the pseudo-header
+// is trusted, by the packet flag or, for fragments, by
+// Config.TrustChecksums, even when the sender's offload left only the pseudo-header
 // sum in the TCP checksum field (Linux CHECKSUM_PARTIAL); the merged
 // packet still carries a correct checksum.
 func TestValidatedByLowerEndpoint(t *testing.T) {
@@ -262,8 +262,7 @@ func TestValidatedByLowerEndpoint(t *testing.T) {
 			t.Run(fmt.Sprintf("v6=%v/%s", v6, p), func(t *testing.T) {
 				in := stream(testpacket.TCP{V6: v6, TS: true}, []int{1447, 1448}, 5, nil)
 				rec := &recorder{}
-				e := newEngine(t, below(rec, p == viaFragments), Config{})
-				require.Equal(t, p == viaFragments, e.cfg.lowerVerified)
+				e := newEngine(t, rec, Config{TrustChecksums: p == viaFragments})
 				for _, b := range in {
 					b = partial(b)
 					if p == viaFragments {

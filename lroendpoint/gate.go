@@ -5,6 +5,8 @@ import (
 	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/netlro/netlro/rxbatch"
 )
 
 // gate is the way from the engine into netstack. It holds the NIC while
@@ -15,8 +17,9 @@ import (
 // a delivery.
 type gate struct {
 	d        atomic.Pointer[stack.NetworkDispatcher]
-	inflight atomic.Int64 // deliveries inside netstack, and a moment at entry
-	waiting  atomic.Int32 // goroutines in waitIdle
+	locality atomic.Pointer[rxbatch.Locality] // d's, if it can tell; nil while closed
+	inflight atomic.Int64                     // deliveries inside netstack, and a moment at entry
+	waiting  atomic.Int32                     // goroutines in waitIdle
 
 	mu   sync.Mutex
 	cond sync.Cond // on mu: inflight reached 0, or the gate was opened
@@ -52,6 +55,11 @@ func (g *gate) wake() {
 
 // open lets deliveries through to d.
 func (g *gate) open(d stack.NetworkDispatcher) {
+	if l := rxbatch.LocalityOf(d); l != nil {
+		g.locality.Store(&l)
+	} else {
+		g.locality.Store(nil)
+	}
 	g.d.Store(&d)
 	if g.waiting.Load() > 0 {
 		g.wake()
@@ -59,7 +67,10 @@ func (g *gate) open(d stack.NetworkDispatcher) {
 }
 
 // close stops new deliveries; those inside netstack go on.
-func (g *gate) close() { g.d.Store(nil) }
+func (g *gate) close() {
+	g.d.Store(nil)
+	g.locality.Store(nil)
+}
 
 // isOpen reports whether deliveries go through.
 func (g *gate) isOpen() bool { return g.d.Load() != nil }

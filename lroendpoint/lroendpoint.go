@@ -7,8 +7,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
-	"github.com/netlro/netlro/internal/rxtrust"
 	"github.com/netlro/netlro/lro"
+	"github.com/netlro/netlro/rxbatch"
 )
 
 // Endpoint is a stack.LinkEndpoint that puts an lro.Engine between a lower
@@ -51,15 +51,18 @@ var (
 	_ stack.LinkEndpoint = (*Endpoint)(nil)
 	_ stack.GSOEndpoint  = (*Endpoint)(nil)
 	_ lro.Flusher        = (*Endpoint)(nil)
-	_ rxtrust.Lower      = (*upper)(nil)
-	_ rxtrust.Local      = (*upper)(nil)
+	_ rxbatch.Locality   = (*upper)(nil)
 )
 
 // New wraps lower with an engine configured by cfg. If lower reports
-// stack.CapabilityRXChecksumOffload, the engine trusts its checksums.
+// stack.CapabilityRXChecksumOffload, the engine trusts its checksums
+// (cfg.TrustChecksums).
 func New(lower stack.LinkEndpoint, cfg lro.Config) (*Endpoint, error) {
 	e := &Endpoint{lower: lower, claim: cfg.ClaimChecksumOffload}
 	e.gate.init()
+	if lower.Capabilities()&stack.CapabilityRXChecksumOffload != 0 {
+		cfg.TrustChecksums = true
+	}
 	engine, err := lro.New((*upper)(e), cfg)
 	if err != nil {
 		return nil, err
@@ -256,24 +259,13 @@ func (u *upper) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *sta
 	}
 }
 
-// LowerVerifiesChecksums implements rxtrust.Lower, which lro.New asks:
-// packets from a lower endpoint that reports
-// stack.CapabilityRXChecksumOffload were verified, those it hands over as
-// views included.
-func (u *upper) LowerVerifiesChecksums() bool {
-	return u.lower.Capabilities()&stack.CapabilityRXChecksumOffload != 0
-}
-
-// DeliversLocally implements rxtrust.Local, which the engine asks before
-// it starts a session: by the NIC attached now, if it can tell, whether
-// netstack keeps packets for addr or would forward them.
+// DeliversLocally implements rxbatch.Locality, which the engine asks
+// before it starts a session: by the dispatcher attached now (netstack's
+// NIC), if it can tell, whether netstack keeps packets for addr or would
+// forward them.
 func (u *upper) DeliversLocally(proto tcpip.NetworkProtocolNumber, addr tcpip.Address) bool {
-	d := u.gate.d.Load()
-	if d == nil {
-		return true
-	}
-	if n, ok := (*d).(rxtrust.NIC); ok {
-		return rxtrust.DeliversLocally(n, proto, addr)
+	if l := u.gate.locality.Load(); l != nil {
+		return (*l).DeliversLocally(proto, addr)
 	}
 	return true
 }

@@ -1,8 +1,9 @@
 // Package rxbatch holds the receive contracts between a link endpoint that
 // reads frames in batches and the dispatcher above it, beyond
 // stack.NetworkDispatcher: where a batch ends (Flusher), frames handed over
-// as views without a PacketBuffer (FragmentDispatcher), and one dispatcher
-// per receive queue (MultiQueue).
+// as views without a PacketBuffer (FragmentDispatcher), one dispatcher
+// per receive queue (MultiQueue), and which destinations netstack keeps
+// rather than forwards (Locality).
 //
 // They are Linux NAPI's: a driver polls a batch of frames, hands them to
 // GRO in pages (napi_gro_frags), and ends the poll with a GRO flush, each
@@ -13,7 +14,8 @@
 // fails; a dispatcher that implements none is a plain
 // stack.NetworkDispatcher.
 //
-// netlro's fdbased uses all three; lro.Engine implements all three. The
+// netlro's fdbased uses the first three and lro.Engine implements them;
+// the engine asks Locality of the dispatcher it delivers to. The
 // package depends on gVisor only, so another link endpoint or another
 // dispatcher can implement or use them without netlro's engine.
 package rxbatch
@@ -60,4 +62,49 @@ type MultiQueue interface {
 	// the same dispatcher for the same i every time, and is safe for
 	// concurrent use.
 	Queue(i int) stack.NetworkDispatcher
+}
+
+// Locality is implemented by a dispatcher that can tell whether netstack
+// keeps a packet addressed to addr, delivering it to its own transport
+// layer, or would forward it. An LRO engine asks before it starts a
+// session and merges only what netstack keeps: netstack's IP forwarding
+// cannot send a merged packet on (it checks the outgoing MTU, and copies
+// the packet without its GSO options).
+type Locality interface {
+	// DeliversLocally reports whether netstack keeps packets of protocol
+	// proto addressed to addr.
+	DeliversLocally(proto tcpip.NetworkProtocolNumber, addr tcpip.Address) bool
+}
+
+// LocalityOf returns what can answer Locality for packets delivered to d:
+// d itself if it implements Locality; for netstack's NIC, which is what a
+// link endpoint is attached to, its promiscuous mode and its addresses
+// (every address while spoofing); nil if d cannot tell. Call it when d
+// becomes known (in a constructor or Attach), not per packet: for a NIC
+// it allocates the adapter.
+func LocalityOf(d stack.NetworkDispatcher) Locality {
+	switch d := d.(type) {
+	case Locality:
+		return d
+	case nic:
+		return nicLocality{d}
+	}
+	return nil
+}
+
+// nic is the part of netstack's NIC (a stack.NetworkInterface, the
+// dispatcher a link endpoint is attached to) that knows which
+// destinations it keeps.
+type nic interface {
+	Promiscuous() bool
+	CheckLocalAddress(proto tcpip.NetworkProtocolNumber, addr tcpip.Address) bool
+}
+
+// nicLocality answers Locality for netstack's NIC.
+type nicLocality struct{ n nic }
+
+// DeliversLocally implements Locality: a promiscuous NIC keeps every
+// destination, and CheckLocalAddress knows the NIC's addresses.
+func (l nicLocality) DeliversLocally(proto tcpip.NetworkProtocolNumber, addr tcpip.Address) bool {
+	return l.n.Promiscuous() || l.n.CheckLocalAddress(proto, addr)
 }
