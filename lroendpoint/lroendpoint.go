@@ -1,12 +1,13 @@
 package lroendpoint
 
 import (
-	"sync"
+	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
+	"github.com/netlro/netlro/linkgate"
 	"github.com/netlro/netlro/lro"
 	"github.com/netlro/netlro/rxbatch"
 )
@@ -35,16 +36,10 @@ type Endpoint struct {
 	lower  stack.LinkEndpoint
 	engine *lro.Engine
 	claim  bool
-	gate   gate // to the NIC, while attached
-
-	mu sync.Mutex // serializes Attach, Wait and Close
-	// detaching is closed when a background detach ends; nil if none runs.
-	// +checklocks:mu
-	detaching chan struct{}
-	// reattach asks the background detach to attach the lower endpoint to
-	// the engine again when it ends: Attach(d) came meanwhile.
-	// +checklocks:mu
-	reattach bool
+	gate   *linkgate.Gate // to the NIC, while attached
+	// locality answers rxbatch.Locality for the NIC attached now, if it
+	// can tell; nil while detached.
+	locality atomic.Pointer[rxbatch.Locality]
 }
 
 var (
@@ -59,7 +54,10 @@ var (
 // (cfg.TrustChecksums).
 func New(lower stack.LinkEndpoint, cfg lro.Config) (*Endpoint, error) {
 	e := &Endpoint{lower: lower, claim: cfg.ClaimChecksumOffload}
-	e.gate.init()
+	e.gate = linkgate.New(linkgate.Hooks{
+		Start:  func() { e.lower.Attach(e.engine) },
+		Finish: e.detachLower,
+	})
 	if lower.Capabilities()&stack.CapabilityRXChecksumOffload != 0 {
 		cfg.TrustChecksums = true
 	}
@@ -88,7 +86,8 @@ func (e *Endpoint) Merging() bool { return e.engine.Merging() }
 // Lower returns the wrapped endpoint.
 func (e *Endpoint) Lower() stack.LinkEndpoint { return e.lower }
 
-// Attach implements stack.LinkEndpoint.
+// Attach implements stack.LinkEndpoint. The lower endpoint is attached to
+// the engine, not to the endpoint.
 //
 // Attach(nil) stops deliveries to the old dispatcher at once. If no
 // packet is inside netstack, it then detaches the lower endpoint;
@@ -97,69 +96,35 @@ func (e *Endpoint) Lower() stack.LinkEndpoint { return e.lower }
 // delivered: netstack calls Attach(nil) while holding its lock, and has
 // disabled the NIC, which would drop them anyway.
 func (e *Endpoint) Attach(dispatcher stack.NetworkDispatcher) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
 	if dispatcher == nil {
-		e.detachLocked()
+		e.gate.Attach(nil)
+		e.locality.Store(nil)
 		return
 	}
-	e.gate.open(dispatcher)
-	if e.detaching != nil {
-		e.reattach = true
-		return
+	if l := rxbatch.LocalityOf(dispatcher); l != nil {
+		e.locality.Store(&l)
+	} else {
+		e.locality.Store(nil)
 	}
-	e.lower.Attach(e.engine)
+	e.gate.Attach(dispatcher)
 }
 
-// detachLocked is Attach(nil). It never delivers into netstack: a
-// goroutine holding netstack's lock may be waiting for e.mu.
-//
-// +checklocks:e.mu
-func (e *Endpoint) detachLocked() {
-	e.gate.close()
-	e.reattach = false
-	if e.detaching != nil {
+// detachLower is the gate's Finish: it detaches the lower endpoint once
+// no packet of ours is inside netstack, and releases what the engine held
+// by flushing it into the closed gate. It never delivers into netstack: a
+// goroutine holding netstack's lock may be waiting for the detach. If an
+// Attach opened the gate again meanwhile, the lower endpoint stays
+// attached to the engine, as wanted.
+func (e *Endpoint) detachLower() {
+	if e.gate.IsAttached() {
 		return
 	}
-	if !e.gate.idle() {
-		done := make(chan struct{})
-		e.detaching = done
-		go e.detachLater(done)
-		return
-	}
-	// Nothing of ours is inside netstack and nothing can enter, so the
-	// lower endpoint's goroutines wait on nothing netstack holds.
 	e.lower.Attach(nil)
-	e.engine.Flush() // into the closed gate: releases what was held
-}
-
-// detachLater detaches the lower endpoint once no packet is inside
-// netstack, or gives up if Attach(d) opened the gate again meanwhile (the
-// lower endpoint is still attached to the engine, as wanted).
-func (e *Endpoint) detachLater(done chan struct{}) {
-	if e.gate.waitIdle() {
-		e.lower.Attach(nil)
-		e.engine.Flush() // into the closed gate: releases what was held
-	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.reattach && e.gate.isOpen() {
-		e.lower.Attach(e.engine)
-	}
-	e.reattach = false
-	e.detaching = nil
-	close(done)
-}
-
-// pendingDetach returns the channel of a background detach, or nil.
-func (e *Endpoint) pendingDetach() chan struct{} {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.detaching
+	e.engine.Flush()
 }
 
 // IsAttached implements stack.LinkEndpoint.
-func (e *Endpoint) IsAttached() bool { return e.gate.isOpen() }
+func (e *Endpoint) IsAttached() bool { return e.gate.IsAttached() }
 
 // Capabilities implements stack.LinkEndpoint. In the ClaimChecksumOffload
 // mode it adds CapabilityRXChecksumOffload: the engine verifies what
@@ -179,10 +144,8 @@ func (e *Endpoint) Capabilities() stack.LinkEndpointCapabilities {
 // what it held. netstack calls Close without its lock; a caller that
 // holds it must not.
 func (e *Endpoint) Close() {
-	e.Attach(nil)
-	if done := e.pendingDetach(); done != nil {
-		<-done
-	}
+	e.gate.Close()
+	e.locality.Store(nil)
 	e.lower.Close()
 	e.engine.Close()
 }
@@ -192,7 +155,7 @@ func (e *Endpoint) Close() {
 // detach waits for a packet inside netstack, whose lock the caller may
 // hold (Stack.Wait holds it), it returns at once; Close waits instead.
 func (e *Endpoint) Wait() {
-	if e.pendingDetach() != nil {
+	if e.gate.Stopping() {
 		return
 	}
 	e.lower.Wait()
@@ -253,9 +216,9 @@ type upper Endpoint
 
 // DeliverNetworkPacket implements stack.NetworkDispatcher.
 func (u *upper) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
-	if d := u.gate.enter(); d != nil {
+	if d := u.gate.Enter(); d != nil {
 		d.DeliverNetworkPacket(proto, pkt)
-		u.gate.leave()
+		u.gate.Leave()
 	}
 }
 
@@ -264,7 +227,7 @@ func (u *upper) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *sta
 // NIC), if it can tell, whether netstack keeps packets for addr or would
 // forward them.
 func (u *upper) DeliversLocally(proto tcpip.NetworkProtocolNumber, addr tcpip.Address) bool {
-	if l := u.gate.locality.Load(); l != nil {
+	if l := u.locality.Load(); l != nil {
 		return (*l).DeliversLocally(proto, addr)
 	}
 	return true
@@ -272,8 +235,8 @@ func (u *upper) DeliversLocally(proto tcpip.NetworkProtocolNumber, addr tcpip.Ad
 
 // DeliverLinkPacket implements stack.NetworkDispatcher.
 func (u *upper) DeliverLinkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
-	if d := u.gate.enter(); d != nil {
+	if d := u.gate.Enter(); d != nil {
 		d.DeliverLinkPacket(proto, pkt)
-		u.gate.leave()
+		u.gate.Leave()
 	}
 }
