@@ -37,10 +37,10 @@ type Engine struct {
 }
 
 var (
-	_ stack.NetworkDispatcher = (*Engine)(nil)
-	_ Flusher                 = (*Engine)(nil)
-	_ FragmentDispatcher      = (*Engine)(nil)
-	_ MultiQueue              = (*Engine)(nil)
+	_ stack.NetworkDispatcher    = (*Engine)(nil)
+	_ rxbatch.Flusher            = (*Engine)(nil)
+	_ rxbatch.FragmentDispatcher = (*Engine)(nil)
+	_ rxbatch.MultiQueue         = (*Engine)(nil)
 )
 
 // New returns an Engine that delivers to next. It sizes every table once,
@@ -95,7 +95,7 @@ func (e *Engine) DeliverLinkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack
 	e.next.DeliverLinkPacket(proto, pkt)
 }
 
-// DeliverFragments implements FragmentDispatcher. It builds a PacketBuffer
+// DeliverFragments implements rxbatch.FragmentDispatcher. It builds a PacketBuffer
 // only for a packet that passes through or starts a session; a segment
 // that merges costs its views only.
 func (e *Engine) DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderLen int, buf buffer.Buffer) {

@@ -9,7 +9,7 @@ import (
 // flushBatch is how many sessions a flush takes from a shard per lock.
 const flushBatch = 16
 
-// Flush implements Flusher: it delivers every held packet (inet_lro
+// Flush implements rxbatch.Flusher: it delivers every held packet (inet_lro
 // lro_flush_all), of every queue when e is the engine New returned. It
 // returns once they, and any packet another goroutine took out of the
 // table before, have reached netstack, except when it is called from inside

@@ -2,7 +2,7 @@ package lro
 
 import "gvisor.dev/gvisor/pkg/tcpip/stack"
 
-// Queue implements MultiQueue: it returns the *Engine of receive queue i.
+// Queue implements rxbatch.MultiQueue: it returns the *Engine of receive queue i.
 // Each queue, 0 included, has a flow table of its own, sized by
 // Config.MaxFlows, and its Flush delivers only that table's sessions, as
 // each Linux NAPI context flushes only its own GRO list: two goroutines

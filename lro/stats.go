@@ -25,8 +25,8 @@ type Stats struct {
 
 	// Packets delivered unchanged, by reason.
 	PassNotTCP      uint64 // not IPv4/IPv6 TCP
-	PassFragment    uint64 // IPv4 fragment
-	PassIPOptions   uint64 // IPv4 options or IPv6 extension headers
+	PassFragment    uint64 // IPv4 or IPv6 fragment, atomic fragments included
+	PassIPOptions   uint64 // IPv4 options; IPv6 extension headers that differ, route on, chain too long or are unknown
 	PassTCPOptions  uint64 // TCP options other than NOP,NOP,timestamp
 	PassTCPFlags    uint64 // no payload, SYN/FIN/RST/URG/ECE/CWR, no ACK, or CE mark
 	PassPadding     uint64 // bytes past the IP length

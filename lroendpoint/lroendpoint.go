@@ -45,7 +45,7 @@ type Endpoint struct {
 var (
 	_ stack.LinkEndpoint = (*Endpoint)(nil)
 	_ stack.GSOEndpoint  = (*Endpoint)(nil)
-	_ lro.Flusher        = (*Endpoint)(nil)
+	_ rxbatch.Flusher    = (*Endpoint)(nil)
 	_ rxbatch.Locality   = (*upper)(nil)
 )
 

@@ -13,6 +13,7 @@ import (
 	"github.com/netlro/netlro/fdbased"
 	"github.com/netlro/netlro/lro"
 	"github.com/netlro/netlro/lroendpoint"
+	"github.com/netlro/netlro/rxbatch"
 )
 
 // Mode names the receiver's link endpoint: the one thing that changes
@@ -206,7 +207,7 @@ func NewLink(m Mode, opts LinkOptions) (*Link, error) {
 // perPacket is a lower endpoint that delivers the way a program feeding a
 // channel endpoint does: one PacketBuffer per packet, and, with flush, a
 // Flush at the end of each batch; it hides the rest of what its
-// dispatcher offers (lro.FragmentDispatcher).
+// dispatcher offers (rxbatch.FragmentDispatcher).
 type perPacket struct {
 	stack.LinkEndpoint
 	flush bool
@@ -214,7 +215,7 @@ type perPacket struct {
 
 // Attach implements stack.LinkEndpoint.
 func (p *perPacket) Attach(d stack.NetworkDispatcher) {
-	switch f, ok := d.(lro.Flusher); {
+	switch f, ok := d.(rxbatch.Flusher); {
 	case d == nil:
 		p.LinkEndpoint.Attach(nil)
 	case p.flush && ok:
@@ -232,10 +233,10 @@ type plainDispatcher struct{ stack.NetworkDispatcher }
 // methods and its Flush.
 type flushingDispatcher struct {
 	stack.NetworkDispatcher
-	f lro.Flusher
+	f rxbatch.Flusher
 }
 
-// Flush implements lro.Flusher.
+// Flush implements rxbatch.Flusher.
 func (d flushingDispatcher) Flush() { d.f.Flush() }
 
 // NewSenderLink builds the sender's link endpoint on fd: gVisor's fdbased
