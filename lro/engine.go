@@ -298,15 +298,10 @@ func (e *Engine) hold(f *session, proto tcpip.NetworkProtocolNumber, r *packetRe
 	f.hdr, _ = pullUpWritable(f.pkt, nil, 0, s.ipLen+s.tcpLen)
 }
 
-// newPacket builds a PacketBuffer from a receive-in-pages frame as gVisor's
-// fdbased does: the frame is the payload and the link header is consumed.
-// The frame's views move into the packet.
+// newPacket builds a PacketBuffer from a receive-in-pages frame, as
+// rxbatch.NewPacket does; the frame's views move into the packet.
 func newPacket(proto tcpip.NetworkProtocolNumber, r *packetRef) *stack.PacketBuffer {
-	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: r.buf})
+	pkt := rxbatch.NewPacket(proto, r.off, r.buf, false)
 	r.buf = buffer.Buffer{} // the packet owns the views now
-	if r.off > 0 {
-		pkt.LinkHeader().Consume(r.off)
-	}
-	pkt.NetworkProtocolNumber = proto
 	return pkt
 }

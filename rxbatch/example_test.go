@@ -29,8 +29,7 @@ func deliverBatch(d stack.NetworkDispatcher, queue int, frames [][]byte) {
 			frag.DeliverFragments(proto, 0, buf) // no link header here
 			continue
 		}
-		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buf})
-		pkt.NetworkProtocolNumber = proto
+		pkt := rxbatch.NewPacket(proto, 0, buf, false) // checksums not verified here
 		d.DeliverNetworkPacket(proto, pkt)
 		pkt.DecRef()
 	}

@@ -44,10 +44,26 @@ type Flusher interface {
 type FragmentDispatcher interface {
 	// DeliverFragments takes ownership of buf, one frame of protocol proto
 	// whose first linkHeaderLen bytes are its link header, and releases
-	// it or hands it on. A packet it builds from buf is what gVisor's
-	// fdbased would have built: the frame as payload, the link header
-	// consumed, NetworkProtocolNumber set.
+	// it or hands it on. A packet it builds from buf is NewPacket's.
 	DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderLen int, buf buffer.Buffer)
+}
+
+// NewPacket builds the stack.PacketBuffer a FragmentDispatcher hands on for
+// a frame, as gVisor's fdbased builds one for a frame it read: buf, whose
+// views move into the packet, is the payload, its first linkHeaderLen
+// bytes are consumed as the link header, and NetworkProtocolNumber is
+// proto. verified sets RXChecksumValidated: the link endpoint verified
+// the frame's checksums, as one reporting
+// stack.CapabilityRXChecksumOffload does. The caller owns the returned
+// reference.
+func NewPacket(proto tcpip.NetworkProtocolNumber, linkHeaderLen int, buf buffer.Buffer, verified bool) *stack.PacketBuffer {
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buf})
+	if linkHeaderLen > 0 {
+		pkt.LinkHeader().Consume(linkHeaderLen)
+	}
+	pkt.NetworkProtocolNumber = proto
+	pkt.RXChecksumValidated = verified
+	return pkt
 }
 
 // MultiQueue is implemented by a dispatcher with one dispatcher per receive
