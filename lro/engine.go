@@ -40,6 +40,7 @@ var (
 	_ stack.NetworkDispatcher = (*Engine)(nil)
 	_ Flusher                 = (*Engine)(nil)
 	_ FragmentDispatcher      = (*Engine)(nil)
+	_ BytesDispatcher         = (*Engine)(nil)
 	_ MultiQueue              = (*Engine)(nil)
 )
 
@@ -110,6 +111,26 @@ func (e *Engine) DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderL
 	r := packetRef{buf: buf, off: linkHeaderLen}
 	e.handle(proto, &r)
 	r.buf.Release() // whatever was not moved into a packet
+}
+
+// DeliverBytes implements BytesDispatcher: b is one IP packet of protocol
+// proto, from the network header on, that the caller keeps and may reuse
+// as soon as DeliverBytes returns. The engine parses and checks b where it
+// lies and never keeps it: a segment that merges has its payload copied
+// into the held packet, which was made with room for the merged packet in
+// one pooled view when its session started; a packet that starts a
+// session or is delivered as it is is copied once into a pooled view. No
+// PacketBuffer is made for a segment that merges.
+//
+// Its checksums are verified unless the link endpoint below said it
+// verified them (lroendpoint with a lower endpoint reporting
+// stack.CapabilityRXChecksumOffload). End each batch with Flush.
+func (e *Engine) DeliverBytes(proto tcpip.NetworkProtocolNumber, b []byte) {
+	if b == nil {
+		b = []byte{} // raw marks the path; an empty packet passes
+	}
+	r := packetRef{raw: b}
+	e.handle(proto, &r)
 }
 
 // handle is the data path: parse, then classify, then pass through, merge,
@@ -292,12 +313,16 @@ func (e *Engine) deliver(sh *shard, it *pending) {
 
 // hold makes the packet of s the held packet of session f.
 func (e *Engine) hold(f *session, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment) {
-	if r.pkt != nil {
+	e.start(f, s)
+	f.room = nil
+	switch {
+	case r.pkt != nil:
 		f.pkt = r.pkt.IncRef()
-	} else {
+	case r.raw != nil:
+		f.pkt, f.room = roomyPacket(proto, r.raw, s.ipLen+s.tcpLen+f.maxPayload)
+	default:
 		f.pkt = newPacket(proto, r)
 	}
-	e.start(f, s)
 	if e.timer != nil {
 		f.heldAt = e.cfg.Clock.NowMonotonic()
 	}
@@ -308,8 +333,12 @@ func (e *Engine) hold(f *session, proto tcpip.NetworkProtocolNumber, r *packetRe
 
 // newPacket builds a PacketBuffer from a receive-in-pages frame as gVisor's
 // fdbased does: the frame is the payload and the link header is consumed.
-// The frame's views move into the packet.
+// The frame's views move into the packet. The caller's bytes are copied
+// into a pooled view.
 func newPacket(proto tcpip.NetworkProtocolNumber, r *packetRef) *stack.PacketBuffer {
+	if r.raw != nil {
+		r.buf = buffer.MakeWithData(r.raw)
+	}
 	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: r.buf})
 	r.buf = buffer.Buffer{} // the packet owns the views now
 	if r.off > 0 {
@@ -317,6 +346,27 @@ func newPacket(proto tcpip.NetworkProtocolNumber, r *packetRef) *stack.PacketBuf
 	}
 	pkt.NetworkProtocolNumber = proto
 	return pkt
+}
+
+// roomyPacket builds the held packet of a session that b, the caller's
+// packet, starts: one pooled view of size bytes, the most the merged
+// packet can grow to, with b copied to its front, so that the payload of
+// each segment that merges is copied in after it (merge) and the merged
+// packet is one contiguous view. It returns the view's bytes; the packet
+// is cut to its merged length when it is delivered (finalize). A packet
+// that cannot grow, or could grow past a pooled chunk, is copied as it is
+// and has no room.
+func roomyPacket(proto tcpip.NetworkProtocolNumber, b []byte, size int) (*stack.PacketBuffer, []byte) {
+	if size <= len(b) || size > buffer.MaxChunkSize {
+		r := packetRef{raw: b}
+		return newPacket(proto, &r), nil
+	}
+	v := buffer.NewViewSize(size)
+	room := v.AsSlice()
+	copy(room, b)
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
+	pkt.NetworkProtocolNumber = proto
+	return pkt, room
 }
 
 // nicLocal answers rxtrust.Local for an engine delivering straight to

@@ -21,3 +21,9 @@ type FragmentDispatcher = rxbatch.FragmentDispatcher
 // i's packets to Queue(i) and calls its Flush at the end of that queue's
 // batches.
 type MultiQueue = rxbatch.MultiQueue
+
+// BytesDispatcher is rxbatch.BytesDispatcher: a program that holds each
+// packet as bytes it reuses after the call (a VPN's Write(bufs), a socket
+// read into a reused buffer) hands them over without building a
+// PacketBuffer or copying them first. *Engine implements it.
+type BytesDispatcher = rxbatch.BytesDispatcher

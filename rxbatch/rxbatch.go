@@ -1,8 +1,9 @@
 // Package rxbatch holds the receive contracts between a link endpoint that
 // reads frames in batches and the dispatcher above it, beyond
 // stack.NetworkDispatcher: where a batch ends (Flusher), frames handed over
-// as views without a PacketBuffer (FragmentDispatcher), and one dispatcher
-// per receive queue (MultiQueue).
+// as views without a PacketBuffer (FragmentDispatcher), packets handed
+// over as bytes the caller keeps (BytesDispatcher), and one dispatcher per
+// receive queue (MultiQueue).
 //
 // They are Linux NAPI's: a driver polls a batch of frames, hands them to
 // GRO in pages (napi_gro_frags), and ends the poll with a GRO flush, each
@@ -13,7 +14,9 @@
 // fails; a dispatcher that implements none is a plain
 // stack.NetworkDispatcher.
 //
-// netlro's fdbased uses all three; lro.Engine implements all three. The
+// netlro's fdbased uses Flusher, FragmentDispatcher and MultiQueue; a
+// program with packets in its own buffers (examples/wireguard's lrotun)
+// uses BytesDispatcher and Flusher; lro.Engine implements all four. The
 // package depends on gVisor only, so another link endpoint or another
 // dispatcher can implement or use them without netlro's engine.
 package rxbatch
@@ -60,4 +63,17 @@ type MultiQueue interface {
 	// the same dispatcher for the same i every time, and is safe for
 	// concurrent use.
 	Queue(i int) stack.NetworkDispatcher
+}
+
+// BytesDispatcher is implemented by a dispatcher that takes a packet as
+// bytes the caller keeps: a program that reads packets into buffers it
+// reuses (a VPN's Write(bufs), a socket read into one buffer) hands each
+// over without copying it into a PacketBuffer first, and the dispatcher
+// copies what it hands on, once. It ends each batch with Flusher's Flush
+// where the dispatcher has one.
+type BytesDispatcher interface {
+	// DeliverBytes takes one IP packet of protocol proto, b from the
+	// network header on. It never keeps b: the caller may reuse b as soon
+	// as DeliverBytes returns.
+	DeliverBytes(proto tcpip.NetworkProtocolNumber, b []byte)
 }
