@@ -30,9 +30,9 @@ func (v *viewCounter) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pk
 }
 
 // TestBytesMergeIntoOneView: segments handed over as the caller's bytes,
-// overwritten after each call, reach netstack as one packet in one view
-// (the held packet's own pooled buffer, which each payload is copied
-// into), with the stream and checksums intact, odd payload lengths (odd
+// overwritten after each call, reach netstack as one packet whose payload
+// is one view (the held packet's own pooled buffer, which each payload is
+// copied into; the headers have a small view of their own), with the stream and checksums intact, odd payload lengths (odd
 // offsets of the later payloads) and IPv6 extension headers included. A
 // session started by one path and continued by another merges too.
 func TestBytesMergeIntoOneView(t *testing.T) {
@@ -44,11 +44,11 @@ func TestBytesMergeIntoOneView(t *testing.T) {
 		paths []path // per segment, round robin
 		views int    // of the merged packet
 	}{
-		{"v4", testpacket.TCP{TS: true}, []int{1448}, []path{viaBytes}, 1},
-		{"v4 odd lengths", testpacket.TCP{}, []int{1447, 1, 999, 1448}, []path{viaBytes}, 1},
-		{"v6", testpacket.TCP{V6: true, TS: true}, []int{1428}, []path{viaBytes}, 1},
-		{"v6 extension headers, odd", testpacket.TCP{V6: true, IPv6Ext: ext}, []int{1427, 3}, []path{viaBytes}, 1},
-		{"bytes then packets", testpacket.TCP{}, []int{1447}, []path{viaBytes, viaPacket, viaFragments}, 1},
+		{"v4", testpacket.TCP{TS: true}, []int{1448}, []path{viaBytes}, 2},
+		{"v4 odd lengths", testpacket.TCP{}, []int{1447, 1, 999, 1448}, []path{viaBytes}, 2},
+		{"v6", testpacket.TCP{V6: true, TS: true}, []int{1428}, []path{viaBytes}, 2},
+		{"v6 extension headers, odd", testpacket.TCP{V6: true, IPv6Ext: ext}, []int{1427, 3}, []path{viaBytes}, 2},
+		{"bytes then packets", testpacket.TCP{}, []int{1447}, []path{viaBytes, viaPacket, viaFragments}, 2},
 		// A PacketBuffer's session has no room: bytes join it as a view each.
 		{"packets then bytes", testpacket.TCP{}, []int{1447}, []path{viaPacket, viaBytes}, 12},
 	} {

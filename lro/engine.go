@@ -319,7 +319,7 @@ func (e *Engine) hold(f *session, proto tcpip.NetworkProtocolNumber, r *packetRe
 	case r.pkt != nil:
 		f.pkt = r.pkt.IncRef()
 	case r.raw != nil:
-		f.pkt, f.room = roomyPacket(proto, r.raw, s.ipLen+s.tcpLen+f.maxPayload)
+		f.pkt, f.room = roomyPacket(proto, r.raw, s.ipLen+s.tcpLen, f.maxPayload)
 	default:
 		f.pkt = newPacket(proto, r)
 	}
@@ -349,22 +349,30 @@ func newPacket(proto tcpip.NetworkProtocolNumber, r *packetRef) *stack.PacketBuf
 }
 
 // roomyPacket builds the held packet of a session that b, the caller's
-// packet, starts: one pooled view of size bytes, the most the merged
-// packet can grow to, with b copied to its front, so that the payload of
-// each segment that merges is copied in after it (merge) and the merged
-// packet is one contiguous view. It returns the view's bytes; the packet
-// is cut to its merged length when it is delivered (finalize). A packet
-// that cannot grow, or could grow past a pooled chunk, is copied as it is
-// and has no room.
-func roomyPacket(proto tcpip.NetworkProtocolNumber, b []byte, size int) (*stack.PacketBuffer, []byte) {
-	if size <= len(b) || size > buffer.MaxChunkSize {
+// packet with hdrLen bytes of IP and TCP headers, starts: the headers in a
+// small pooled view of their own, and the payload at the front of one
+// pooled view of size bytes, the most payload the merged packet can
+// carry, so that each segment that merges has its payload copied in after
+// it (appendPayload) and the merged packet is two views. It returns the
+// payload view's bytes; the packet is cut to its merged length when it is
+// delivered (finalize). The headers have a view of their own because
+// netstack keeps a reference to the network header's view while it
+// processes a packet, and reading a header then copies the whole chunk
+// it shares (buffer.Buffer.PullUp of a shared chunk): a header chunk is a
+// few dozen bytes, the payload's up to 64 KiB. A packet that cannot grow,
+// or could grow past a pooled chunk, is copied as it is and has no room.
+func roomyPacket(proto tcpip.NetworkProtocolNumber, b []byte, hdrLen, size int) (*stack.PacketBuffer, []byte) {
+	if size <= len(b)-hdrLen || size > buffer.MaxChunkSize {
 		r := packetRef{raw: b}
 		return newPacket(proto, &r), nil
 	}
-	v := buffer.NewViewSize(size)
-	room := v.AsSlice()
-	copy(room, b)
-	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithView(v)})
+	pv := buffer.NewViewSize(size)
+	room := pv.AsSlice()
+	copy(room, b[hdrLen:])
+	buf := buffer.MakeWithView(buffer.NewViewWithData(b[:hdrLen]))
+	payload := buffer.MakeWithView(pv)
+	buf.Merge(&payload) // moves the view: Append would fill the header's chunk from it
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buf})
 	pkt.NetworkProtocolNumber = proto
 	return pkt, room
 }

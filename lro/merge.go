@@ -180,8 +180,7 @@ func appendPayload(f *session, s *segment, r *packetRef) {
 	hdrLen := s.ipLen + s.tcpLen
 	switch {
 	case f.room != nil:
-		at := f.ipLen + f.tcpLen + f.payload
-		r.copyTo(f.room[at:at+s.payload], hdrLen)
+		r.copyTo(f.room[f.payload:f.payload+s.payload], hdrLen)
 	case r.pkt != nil:
 		// The headers are contiguous already, so Consume copies nothing.
 		r.pkt.Data().Consume(hdrLen)

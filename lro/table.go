@@ -68,9 +68,9 @@ type flow struct {
 type session struct {
 	pkt *stack.PacketBuffer // held packet; the session owns one reference
 	hdr []byte              // its IP and TCP headers, rewritten at flush
-	// room, when set, is the bytes of pkt's one view, which is longer than
-	// the packet: later segments' payloads are copied in (DeliverBytes'
-	// packets), and pkt is cut to its length at flush.
+	// room, when set, is the bytes of pkt's payload view, which is longer
+	// than the payload: later segments' payloads are copied in
+	// (DeliverBytes' packets), and pkt is cut to its length at flush.
 	room []byte
 
 	v6         bool
