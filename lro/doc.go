@@ -17,12 +17,11 @@
 // in pooled views) have their payload views moved onto the held packet,
 // with no copy. Segments that come as the caller's bytes (DeliverBytes:
 // buffers the caller reuses, as a VPN's Write(bufs) has them) are read
-// where they lie and never kept: the session they start holds the packet
-// in a pooled view with room for the whole merged packet, and each
-// merging segment's payload is copied into it, so a merged packet is one
-// payload view, not one per segment, and no PacketBuffer is made for a
-// segment that merges. Anything
-// that cannot merge is delivered unchanged, after the held packet of its
+// where they lie and never kept: the session they start holds a copy in
+// pooled views of its own, which double in size as each merging
+// segment's payload is copied in, so a merged packet has a handful of
+// views, not one per segment, and no PacketBuffer is made for a segment
+// that merges. Anything that cannot merge is delivered unchanged, after the held packet of its
 // flow, so nothing is reordered. Held packets are delivered when the lower
 // endpoint ends a dispatch batch (Flush, inet_lro's lro_flush_all), when a
 // limit is reached, when a table slot is needed, or at the latest after

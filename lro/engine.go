@@ -117,10 +117,11 @@ func (e *Engine) DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderL
 // proto, from the network header on, that the caller keeps and may reuse
 // as soon as DeliverBytes returns. The engine parses and checks b where it
 // lies and never keeps it: a segment that merges has its payload copied
-// into the held packet, which was made with room for the merged packet in
-// one pooled view when its session started; a packet that starts a
-// session or is delivered as it is is copied once into a pooled view. No
-// PacketBuffer is made for a segment that merges.
+// into the held packet's own pooled views, which double in size as it
+// grows, so a merged packet of 64 KiB has a handful of views, not one per
+// segment (bytes.go); a packet that starts a session or is delivered as
+// it is is copied once into pooled views. No PacketBuffer is made for a
+// segment that merges.
 //
 // Its checksums are verified unless the link endpoint below said it
 // verified them (lroendpoint with a lower endpoint reporting
@@ -314,12 +315,12 @@ func (e *Engine) deliver(sh *shard, it *pending) {
 // hold makes the packet of s the held packet of session f.
 func (e *Engine) hold(f *session, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment) {
 	e.start(f, s)
-	f.room = nil
+	f.grows, f.room, f.lastView = false, nil, 0
 	switch {
 	case r.pkt != nil:
 		f.pkt = r.pkt.IncRef()
 	case r.raw != nil:
-		f.pkt, f.room = roomyPacket(proto, r.raw, s.ipLen+s.tcpLen, f.maxPayload)
+		holdCopy(f, proto, r, s.ipLen+s.tcpLen, s.payload)
 	default:
 		f.pkt = newPacket(proto, r)
 	}
@@ -346,35 +347,6 @@ func newPacket(proto tcpip.NetworkProtocolNumber, r *packetRef) *stack.PacketBuf
 	}
 	pkt.NetworkProtocolNumber = proto
 	return pkt
-}
-
-// roomyPacket builds the held packet of a session that b, the caller's
-// packet with hdrLen bytes of IP and TCP headers, starts: the headers in a
-// small pooled view of their own, and the payload at the front of one
-// pooled view of size bytes, the most payload the merged packet can
-// carry, so that each segment that merges has its payload copied in after
-// it (appendPayload) and the merged packet is two views. It returns the
-// payload view's bytes; the packet is cut to its merged length when it is
-// delivered (finalize). The headers have a view of their own because
-// netstack keeps a reference to the network header's view while it
-// processes a packet, and reading a header then copies the whole chunk
-// it shares (buffer.Buffer.PullUp of a shared chunk): a header chunk is a
-// few dozen bytes, the payload's up to 64 KiB. A packet that cannot grow,
-// or could grow past a pooled chunk, is copied as it is and has no room.
-func roomyPacket(proto tcpip.NetworkProtocolNumber, b []byte, hdrLen, size int) (*stack.PacketBuffer, []byte) {
-	if size <= len(b)-hdrLen || size > buffer.MaxChunkSize {
-		r := packetRef{raw: b}
-		return newPacket(proto, &r), nil
-	}
-	pv := buffer.NewViewSize(size)
-	room := pv.AsSlice()
-	copy(room, b[hdrLen:])
-	buf := buffer.MakeWithView(buffer.NewViewWithData(b[:hdrLen]))
-	payload := buffer.MakeWithView(pv)
-	buf.Merge(&payload) // moves the view: Append would fill the header's chunk from it
-	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buf})
-	pkt.NetworkProtocolNumber = proto
-	return pkt, room
 }
 
 // nicLocal answers rxtrust.Local for an engine delivering straight to

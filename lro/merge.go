@@ -174,13 +174,14 @@ func (e *Engine) merge(f *session, s *segment, r *packetRef) {
 }
 
 // appendPayload appends the payload of s, the packet r, to f's held
-// packet: copied into its room when it has one, else by moving r's views
-// (no copy), or, for the caller's bytes, as a pooled copy.
+// packet: copied into its own views when the engine made it (bytes.go),
+// else by moving r's views (no copy), or, for the caller's bytes, as a
+// pooled copy.
 func appendPayload(f *session, s *segment, r *packetRef) {
 	hdrLen := s.ipLen + s.tcpLen
 	switch {
-	case f.room != nil:
-		r.copyTo(f.room[f.payload:f.payload+s.payload], hdrLen)
+	case f.grows:
+		copyPayload(f, r, hdrLen, s.payload)
 	case r.pkt != nil:
 		// The headers are contiguous already, so Consume copies nothing.
 		r.pkt.Data().Consume(hdrLen)
@@ -208,9 +209,9 @@ func (e *Engine) done(f *session, s *segment) bool {
 // the TCP checksum from the kept payload sum. A one-segment packet is left
 // byte for byte as it arrived.
 func finalize(f *session) {
-	if f.room != nil {
+	if f.grows {
 		f.pkt.Data().CapLength(f.ipLen + f.tcpLen + f.payload)
-		f.room = nil
+		f.grows, f.room = false, nil
 	}
 	if f.segs < 2 {
 		return

@@ -23,7 +23,7 @@
 // buffers. Write hands each packet to the engine as bytes
 // (lro.Engine.DeliverBytes), which reads it where it lies and copies once
 // what it keeps: a segment that merges has its payload copied into the
-// merged packet's one pooled view, with no PacketBuffer or view of its
+// merged packet's own pooled views, with no PacketBuffer or view of its
 // own; a packet that starts a merged packet or passes is copied into a
 // pooled view. Read copies each segment into the caller's buffer, which
 // the caller owns.
