@@ -98,8 +98,7 @@ func verifySegment(r *packetRef, s *segment, validated bool) bool {
 	if !validated && !s.v6 && !ipv4HeaderValid(s.hdr[:s.ipLen]) {
 		return false
 	}
-	l, off := r.views()
-	s.sum = sumViews(l, off+s.ipLen+s.tcpLen, s.payload)
+	s.sum = r.sum(s.ipLen+s.tcpLen, s.payload)
 	if validated {
 		return true
 	}
@@ -225,9 +224,8 @@ func verifyTransport(r *packetRef, tp tcpip.TransportProtocolNumber, src, dst tc
 		}
 		n = int(udp.Length())
 	}
-	l, base := r.views()
 	xsum := header.PseudoHeaderChecksum(tp, src, dst, uint16(n))
-	if checksum.Combine(xsum, sumViews(l, base+off, n)) != 0xffff {
+	if checksum.Combine(xsum, r.sum(off, n)) != 0xffff {
 		return cDropBadChecksum, false
 	}
 	return 0, true

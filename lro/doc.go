@@ -6,14 +6,22 @@
 // stack.NetworkDispatcher:
 //
 //	link endpoint --DeliverNetworkPacket / DeliverFragments--> Engine --> NIC
-//	      |                                                      ^
-//	      +------------------- batch end: Flush() ---------------+
+//	program       --DeliverBytes------------------------------>   |      ^
+//	      |                                                        |      |
+//	      +------------------- batch end: Flush() -----------------+------+
 //
 // It is modelled on Linux's generic LRO (net/ipv4/inet_lro.c). Each flow
 // (addresses, ports, network protocol, link source and VLAN) has at most one
 // session: a held packet to which later in-order data segments of the flow
-// are appended by moving their payload views (no payload copy). Anything
-// that cannot merge is delivered unchanged, after the held packet of its
+// are appended. Segments that come as views (a PacketBuffer, or a frame
+// in pooled views) have their payload views moved onto the held packet,
+// with no copy. Segments that come as the caller's bytes (DeliverBytes:
+// buffers the caller reuses, as a VPN's Write(bufs) has them) are read
+// where they lie and never kept: the session they start holds a copy in
+// pooled views of its own, which double in size as each merging
+// segment's payload is copied in, so a merged packet has a handful of
+// views, not one per segment, and no PacketBuffer is made for a segment
+// that merges. Anything that cannot merge is delivered unchanged, after the held packet of its
 // flow, so nothing is reordered. Held packets are delivered when the lower
 // endpoint ends a dispatch batch (Flush, inet_lro's lro_flush_all), when a
 // limit is reached, when a table slot is needed, or at the latest after

@@ -40,6 +40,7 @@ var (
 	_ stack.NetworkDispatcher    = (*Engine)(nil)
 	_ rxbatch.Flusher            = (*Engine)(nil)
 	_ rxbatch.FragmentDispatcher = (*Engine)(nil)
+	_ rxbatch.BytesDispatcher    = (*Engine)(nil)
 	_ rxbatch.MultiQueue         = (*Engine)(nil)
 )
 
@@ -102,6 +103,27 @@ func (e *Engine) DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderL
 	r := packetRef{buf: buf, off: linkHeaderLen}
 	e.handle(proto, &r)
 	r.buf.Release() // whatever was not moved into a packet
+}
+
+// DeliverBytes implements BytesDispatcher: b is one IP packet of protocol
+// proto, from the network header on, that the caller keeps and may reuse
+// as soon as DeliverBytes returns. The engine parses and checks b where it
+// lies and never keeps it: a segment that merges has its payload copied
+// into the held packet's own pooled views, which double in size as it
+// grows, so a merged packet of 64 KiB has a handful of views, not one per
+// segment (bytes.go); a packet that starts a session or is delivered as
+// it is is copied once into pooled views. No PacketBuffer is made for a
+// segment that merges.
+//
+// Its checksums are verified unless the link endpoint below said it
+// verified them (lroendpoint with a lower endpoint reporting
+// stack.CapabilityRXChecksumOffload). End each batch with Flush.
+func (e *Engine) DeliverBytes(proto tcpip.NetworkProtocolNumber, b []byte) {
+	if b == nil {
+		b = []byte{} // raw marks the path; an empty packet passes
+	}
+	r := packetRef{raw: b}
+	e.handle(proto, &r)
 }
 
 // handle is the data path: parse, then classify, then pass through, merge,
@@ -284,12 +306,16 @@ func (e *Engine) deliver(sh *shard, it *pending) {
 
 // hold makes the packet of s the held packet of session f.
 func (e *Engine) hold(f *session, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment) {
-	if r.pkt != nil {
+	e.start(f, s)
+	f.grows, f.room, f.lastView = false, nil, 0
+	switch {
+	case r.pkt != nil:
 		f.pkt = r.pkt.IncRef()
-	} else {
+	case r.raw != nil:
+		holdCopy(f, proto, r, s.ipLen+s.tcpLen, s.payload)
+	default:
 		f.pkt = newPacket(proto, r)
 	}
-	e.start(f, s)
 	if e.timer != nil {
 		f.heldAt = e.cfg.Clock.NowMonotonic()
 	}
@@ -299,8 +325,12 @@ func (e *Engine) hold(f *session, proto tcpip.NetworkProtocolNumber, r *packetRe
 }
 
 // newPacket builds a PacketBuffer from a receive-in-pages frame, as
-// rxbatch.NewPacket does; the frame's views move into the packet.
+// rxbatch.NewPacket does; the frame's views move into the packet. The
+// caller's bytes are copied into a pooled view.
 func newPacket(proto tcpip.NetworkProtocolNumber, r *packetRef) *stack.PacketBuffer {
+	if r.raw != nil {
+		r.buf = buffer.MakeWithData(r.raw)
+	}
 	pkt := rxbatch.NewPacket(proto, r.off, r.buf, false)
 	r.buf = buffer.Buffer{} // the packet owns the views now
 	return pkt

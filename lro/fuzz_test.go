@@ -19,7 +19,9 @@ type fuzzFlow struct {
 
 // FuzzEngine runs a program read from the input: in-order segments of a
 // few flows with random sizes and flags, corrupted copies of earlier
-// packets, raw bytes, and flushes, by both delivery paths. It checks that
+// packets, raw bytes, and flushes, by every delivery path in turn (the
+// bytes path with the caller's buffer overwritten after each call). It
+// checks that
 // nothing panics, that per flow the valid payload bytes out equal the valid
 // payload bytes in, in order, that every packet out is either one that
 // went in or a merged packet with valid headers and checksums, and that
@@ -84,12 +86,11 @@ func FuzzEngine(f *testing.F) {
 				continue
 			}
 			in = append(in, pkt)
-			p := path(len(in) % 2)
-			if p == viaFragments || len(pkt) == 0 {
-				e.DeliverFragments(testpacket.Proto(pkt), 0, bufferOf(pkt))
-			} else {
-				feed(e, viaPacket, pkt)
+			p := path(len(in) % len(paths))
+			if p == viaPacket && len(pkt) == 0 {
+				p = viaFragments // a PacketBuffer needs a byte
 			}
+			feed(e, p, pkt)
 		}
 		e.Flush()
 		out := rec.take()

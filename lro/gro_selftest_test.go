@@ -425,7 +425,7 @@ func TestGROSelftest(t *testing.T) {
 				if !reseg && c.inetLRO != nil {
 					want, rule = c.inetLRO(v6), c.lroRule
 				}
-				for _, p := range []path{viaPacket, viaFragments} {
+				for _, p := range paths {
 					t.Run(fmt.Sprintf("%s/%s/resegmentable=%v/%s", c.name, proto, reseg, p), func(t *testing.T) {
 						out := runNetlro(t, Config{Resegmentable: reseg}, p, all)
 						got, after := groReceived(out)

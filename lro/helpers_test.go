@@ -57,27 +57,52 @@ type path int
 const (
 	viaPacket    path = iota // DeliverNetworkPacket
 	viaFragments             // DeliverFragments
+	viaBytes                 // DeliverBytes, the caller's buffer overwritten after each call
 )
 
+// paths lists every way in, for tests that run each.
+var paths = []path{viaPacket, viaFragments, viaBytes}
+
 func (p path) String() string {
-	if p == viaPacket {
+	switch p {
+	case viaPacket:
 		return "packet"
+	case viaFragments:
+		return "fragments"
 	}
-	return "fragments"
+	return "bytes"
 }
 
 // feed hands one raw IP packet to e by path p, as a link endpoint would,
 // and releases what it created.
-func feed(e *Engine, p path, b []byte) {
-	proto := testpacket.Proto(b)
-	if p == viaFragments {
+func feed(e *Engine, p path, b []byte) { feedProto(e, p, testpacket.Proto(b), b) }
+
+// feedProto is feed with the network protocol given. On the bytes path it
+// copies b into a buffer of its own, as a program reading into a reused
+// buffer has it, and overwrites that buffer as soon as DeliverBytes
+// returns: whatever the engine kept of it would be garbage.
+func feedProto(e *Engine, p path, proto tcpip.NetworkProtocolNumber, b []byte) {
+	switch p {
+	case viaFragments:
 		e.DeliverFragments(proto, 0, buffer.MakeWithData(b))
-		return
+	case viaBytes:
+		scratch := scratchPool.Get().(*[]byte)
+		own := append((*scratch)[:0], b...)
+		e.DeliverBytes(proto, own)
+		for i := range own {
+			own[i] = 0xa5
+		}
+		*scratch = own
+		scratchPool.Put(scratch)
+	default:
+		pkt := testpacket.NewPacket(b)
+		e.DeliverNetworkPacket(proto, pkt)
+		pkt.DecRef()
 	}
-	pkt := testpacket.NewPacket(b)
-	e.DeliverNetworkPacket(proto, pkt)
-	pkt.DecRef()
 }
+
+// scratchPool holds the callers' reused buffers of the bytes path.
+var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, 1<<17); return &b }}
 
 func newEngine(t testing.TB, next stack.NetworkDispatcher, cfg Config) *Engine {
 	t.Helper()

@@ -63,7 +63,7 @@ func TestIPv6Extensions(t *testing.T) {
 	}
 	for _, tt := range tests {
 		for _, reseg := range []bool{false, true} {
-			for _, p := range []path{viaPacket, viaFragments} {
+			for _, p := range paths {
 				t.Run(fmt.Sprintf("%s/resegmentable=%v/%s", tt.name, reseg, p), func(t *testing.T) {
 					in := stream(testpacket.TCP{V6: true, TS: true}, []int{1448}, tt.n, tt.mut)
 					cfg := tt.cfg

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 
+	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/netlro/netlro/internal/csum"
@@ -154,23 +155,15 @@ func (e *Engine) start(f *session, s *segment) {
 	}
 }
 
-// merge moves s's payload views onto f's held packet, without copying, and
-// takes the newest ACK, window and timestamps (inet_lro lro_add_common).
+// merge appends s's payload to f's held packet and takes the newest ACK,
+// window and timestamps (inet_lro lro_add_common).
 func (e *Engine) merge(f *session, s *segment, r *packetRef) {
-	hdrLen := s.ipLen + s.tcpLen
 	if f.segs == 1 && !s.v6 {
 		// The second segment decides whether the IDs stay fixed
 		// (inet_gro_flush's ip_fixedid).
 		f.fixedID = s.hdr[4] == f.hdr[4] && s.hdr[5] == f.hdr[5]
 	}
-	if r.pkt != nil {
-		// The headers are contiguous already, so Consume copies nothing.
-		r.pkt.Data().Consume(hdrLen)
-		f.pkt.Data().Merge(r.pkt.Data())
-	} else {
-		r.buf.TrimFront(int64(r.off + hdrLen))
-		f.pkt.Data().MergeBuffer(&r.buf)
-	}
+	appendPayload(f, s, r)
 	f.sum = csum.Concat(f.sum, s.sum, f.payload)
 	f.segs++
 	f.payload += s.payload
@@ -178,6 +171,27 @@ func (e *Engine) merge(f *session, s *segment, r *packetRef) {
 	f.ack, f.window = s.ack, s.window
 	f.psh = f.psh || s.flags&header.TCPFlagPsh != 0
 	f.tsVal, f.tsEcr = s.tsVal, s.tsEcr
+}
+
+// appendPayload appends the payload of s, the packet r, to f's held
+// packet: copied into its own views when the engine made it (bytes.go),
+// else by moving r's views (no copy), or, for the caller's bytes, as a
+// pooled copy.
+func appendPayload(f *session, s *segment, r *packetRef) {
+	hdrLen := s.ipLen + s.tcpLen
+	switch {
+	case f.grows:
+		copyPayload(f, r, hdrLen, s.payload)
+	case r.pkt != nil:
+		// The headers are contiguous already, so Consume copies nothing.
+		r.pkt.Data().Consume(hdrLen)
+		f.pkt.Data().Merge(r.pkt.Data())
+	case r.raw != nil:
+		f.pkt.Data().AppendView(buffer.NewViewWithData(r.raw[hdrLen:]))
+	default:
+		r.buf.TrimFront(int64(r.off + hdrLen))
+		f.pkt.Data().MergeBuffer(&r.buf)
+	}
 }
 
 // done reports whether f can take no more segments: MaxSegments reached,
@@ -195,6 +209,10 @@ func (e *Engine) done(f *session, s *segment) bool {
 // the TCP checksum from the kept payload sum. A one-segment packet is left
 // byte for byte as it arrived.
 func finalize(f *session) {
+	if f.grows {
+		f.pkt.Data().CapLength(f.ipLen + f.tcpLen + f.payload)
+		f.grows, f.room = false, nil
+	}
 	if f.segs < 2 {
 		return
 	}

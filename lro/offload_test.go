@@ -111,7 +111,7 @@ func TestClaimChecksumOffload(t *testing.T) {
 		{"not IP", []byte{1, 2, 3}, 0},
 	}
 	for _, tt := range tests {
-		for _, p := range []path{viaPacket, viaFragments} {
+		for _, p := range paths {
 			t.Run(tt.name+"/"+p.String(), func(t *testing.T) {
 				rec := &recorder{}
 				e := newEngine(t, rec, Config{ClaimChecksumOffload: true})
@@ -119,13 +119,7 @@ func TestClaimChecksumOffload(t *testing.T) {
 				if tt.name == "not IP" {
 					proto = header.ARPProtocolNumber
 				}
-				if p == viaFragments {
-					e.DeliverFragments(proto, 0, bufferOf(tt.pkt))
-				} else {
-					pkt := testpacket.NewPacket(tt.pkt)
-					e.DeliverNetworkPacket(proto, pkt)
-					pkt.DecRef()
-				}
+				feedProto(e, p, proto, tt.pkt)
 				e.Flush()
 				out := rec.take()
 				var c counters

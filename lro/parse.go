@@ -7,12 +7,19 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/netlro/netlro/internal/csum"
 )
 
 // packetRef is the packet being processed: a PacketBuffer on the
-// DeliverNetworkPacket path, or a bare buffer on the receive-in-pages path.
+// DeliverNetworkPacket path, a bare buffer on the receive-in-pages path, or
+// the caller's bytes on the DeliverBytes path.
 type packetRef struct {
 	pkt *stack.PacketBuffer
+	// raw is the caller's packet on the DeliverBytes path, from the
+	// network header on. It is read during the call and copied from,
+	// never kept.
+	raw []byte
 	// buf is the frame when pkt is nil. It is held by value: a pointer
 	// would share pkt's escape and move every frame's Buffer to the heap.
 	buf buffer.Buffer
@@ -28,6 +35,12 @@ type packetRef struct {
 // for reading. A link endpoint reads a frame into one view, so the bytes
 // are nearly always there already; otherwise the views are pulled up.
 func (r *packetRef) pullUp(n int) ([]byte, bool) {
+	if r.raw != nil {
+		if n < 0 || n > len(r.raw) {
+			return nil, false
+		}
+		return r.raw[:n], true
+	}
 	if r.head == nil {
 		l, off := r.views()
 		if v := l.Front(); v != nil && off < v.Size() {
@@ -56,14 +69,38 @@ func pullUpWritable(pkt *stack.PacketBuffer, buf *buffer.Buffer, off, n int) ([]
 
 // size returns the number of bytes from the network header on.
 func (r *packetRef) size() int {
+	if r.raw != nil {
+		return len(r.raw)
+	}
 	if r.pkt != nil {
 		return r.pkt.Data().Size()
 	}
 	return int(r.buf.Size()) - r.off
 }
 
+// sum returns the RFC 1071 sum of the n bytes at off from the network
+// header on.
+func (r *packetRef) sum(off, n int) uint16 {
+	if r.raw != nil {
+		return csum.Checksum(r.raw[off:off+n], 0)
+	}
+	l, base := r.views()
+	return sumViews(l, base+off, n)
+}
+
+// copyTo copies into dst the bytes of the packet from off (past the
+// network header) on, as many as fit.
+func (r *packetRef) copyTo(dst []byte, off int) {
+	if r.raw != nil {
+		copy(dst, r.raw[off:])
+		return
+	}
+	l, base := r.views()
+	copyViews(l, base+off, dst)
+}
+
 // views returns the packet's views and the offset of the network header in
-// them.
+// them. The caller's bytes (raw) have none.
 func (r *packetRef) views() (buffer.ViewList, int) {
 	if r.pkt != nil {
 		l, off := r.pkt.AsViewList()
@@ -82,6 +119,9 @@ func (r *packetRef) views() (buffer.ViewList, int) {
 // pulling up may join views, or copy a shared chunk, and release the view
 // the parsed headers point into.
 func (r *packetRef) linkID() uint64 {
+	if r.raw != nil {
+		return 0 // from the network header on: no link header
+	}
 	var l buffer.ViewList
 	var off, n int
 	if r.pkt != nil {

@@ -244,7 +244,7 @@ func TestResegment(t *testing.T) {
 			if (vr.v6 && tt.v4only) || (!vr.v6 && tt.v6only) || (!vr.ts && tt.tsonly) {
 				continue
 			}
-			for _, p := range []path{viaPacket, viaFragments} {
+			for _, p := range paths {
 				name := fmt.Sprintf("%s/v6=%v/ts=%v/ext=%d/%s", tt.name, vr.v6, vr.ts, len(vr.ext), p)
 				t.Run(name, func(t *testing.T) {
 					cfg := tt.cfg

@@ -115,7 +115,7 @@ func TestMergeRules(t *testing.T) {
 			if v6 && tt.v4only {
 				continue
 			}
-			for _, p := range []path{viaPacket, viaFragments} {
+			for _, p := range paths {
 				t.Run(fmt.Sprintf("%s/v6=%v/%s", tt.name, v6, p), func(t *testing.T) {
 					tmpl := tt.tmpl
 					tmpl.V6 = v6
@@ -196,7 +196,7 @@ func TestBadChecksumNeverMerges(t *testing.T) {
 	}
 	for _, c := range corrupt {
 		for _, v6 := range []bool{false, true} {
-			for _, p := range []path{viaPacket, viaFragments} {
+			for _, p := range paths {
 				t.Run(fmt.Sprintf("%s/v6=%v/%s", c.name, v6, p), func(t *testing.T) {
 					in := stream(testpacket.TCP{V6: v6}, []int{1001}, 4, nil)
 					bad := append([]byte(nil), in[1]...)
@@ -258,15 +258,15 @@ func TestValidatedByLowerEndpoint(t *testing.T) {
 		return c
 	}
 	for _, v6 := range []bool{false, true} {
-		for _, p := range []path{viaPacket, viaFragments} {
+		for _, p := range paths {
 			t.Run(fmt.Sprintf("v6=%v/%s", v6, p), func(t *testing.T) {
 				in := stream(testpacket.TCP{V6: v6, TS: true}, []int{1447, 1448}, 5, nil)
 				rec := &recorder{}
-				e := newEngine(t, rec, Config{TrustChecksums: p == viaFragments})
+				e := newEngine(t, rec, Config{TrustChecksums: p != viaPacket})
 				for _, b := range in {
 					b = partial(b)
-					if p == viaFragments {
-						e.DeliverFragments(testpacket.Proto(b), 0, bufferOf(b))
+					if p != viaPacket {
+						feed(e, p, b)
 						continue
 					}
 					pkt := testpacket.NewPacket(b)

@@ -16,7 +16,7 @@ import (
 // segment passes one for one, in order, counted as PassMergingOff; turning
 // it on merges again. Every queue follows its parent's switch.
 func TestSetMerging(t *testing.T) {
-	for _, p := range []path{viaPacket, viaFragments} {
+	for _, p := range paths {
 		t.Run(p.String(), func(t *testing.T) {
 			rec := &recorder{}
 			e := newEngine(t, rec, Config{})

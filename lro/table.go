@@ -68,6 +68,13 @@ type flow struct {
 type session struct {
 	pkt *stack.PacketBuffer // held packet; the session owns one reference
 	hdr []byte              // its IP and TCP headers, rewritten at flush
+	// grows is set when pkt is the engine's own copy (DeliverBytes'
+	// packets): later segments' payloads are copied into its payload
+	// views, of which room is what is free of the last, lastView that
+	// view's size; pkt is cut to its length at flush (bytes.go).
+	grows    bool
+	room     []byte
+	lastView int
 
 	v6         bool
 	ipLen      int

@@ -19,15 +19,17 @@ import (
 	"github.com/netlro/netlro/lroendpoint"
 )
 
-// A program that feeds netstack itself, one packet at a time, in batches
-// of its own (a TUN reader that gets many packets per read, as
-// wireguard-go's Write(bufs) or Tailscale's batches do), injects each
-// packet into a channel.Endpoint wrapped by lroendpoint and calls the
-// wrapper's Flush when its batch ends: held packets then go up at once,
-// and no timer is needed (FlushDelay -1). Here the packets come from a
-// second netstack over a channel endpoint, and a real TCP transfer runs
-// between the two.
-func Example_channelBatches() {
+// A program that feeds netstack itself, in batches of its own, with each
+// packet in a buffer it reuses (a TUN reader that gets many packets per
+// read, as wireguard-go's Write(bufs) or Tailscale's batches do), hands
+// each packet to the wrapper as bytes with DeliverBytes, which copies
+// only what it keeps and never keeps the buffer, and calls the wrapper's
+// Flush when its batch ends: held packets then go up at once, and no
+// timer is needed (FlushDelay -1). What netstack sends comes out of the
+// channel.Endpoint under the wrapper. Here the packets come from a second
+// netstack over a channel endpoint, and a real TCP transfer runs between
+// the two.
+func Example_ownBatches() {
 	const mtu = 1500
 	serverAddr := tcpip.AddrFrom4([4]byte{192, 0, 2, 2})
 	clientAddr := tcpip.AddrFrom4([4]byte{192, 0, 2, 1})
@@ -45,14 +47,21 @@ func Example_channelBatches() {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}, 2)
-	// Client to server, in batches of up to 64 packets: inject each, then
-	// Flush at the batch's end.
+	// Client to server, in batches of up to 64 packets, each read into
+	// one reused buffer: hand each over as bytes, then Flush at the
+	// batch's end.
 	go func() {
 		defer func() { done <- struct{}{} }()
+		buf := make([]byte, mtu)
 		for {
 			pkt := txLink.ReadContext(ctx) // wait for the batch's first packet
 			for n := 0; pkt != nil; n++ {
-				forward(rxLink, pkt)
+				v := pkt.ToView()
+				b := buf[:copy(buf, v.AsSlice())] // as a TUN read fills it
+				v.Release()
+				proto := pkt.NetworkProtocolNumber
+				pkt.DecRef()
+				rxEP.DeliverBytes(proto, b) // buf is ours again on return
 				if n == 63 {
 					break
 				}

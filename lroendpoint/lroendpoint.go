@@ -43,10 +43,11 @@ type Endpoint struct {
 }
 
 var (
-	_ stack.LinkEndpoint = (*Endpoint)(nil)
-	_ stack.GSOEndpoint  = (*Endpoint)(nil)
-	_ rxbatch.Flusher    = (*Endpoint)(nil)
-	_ rxbatch.Locality   = (*upper)(nil)
+	_ stack.LinkEndpoint      = (*Endpoint)(nil)
+	_ stack.GSOEndpoint       = (*Endpoint)(nil)
+	_ rxbatch.Flusher         = (*Endpoint)(nil)
+	_ rxbatch.BytesDispatcher = (*Endpoint)(nil)
+	_ rxbatch.Locality        = (*upper)(nil)
 )
 
 // New wraps lower with an engine configured by cfg. If lower reports
@@ -74,6 +75,19 @@ func (e *Endpoint) Stats() lro.Stats { return e.engine.Stats() }
 
 // Flush implements rxbatch.Flusher: it delivers every held packet.
 func (e *Endpoint) Flush() { e.engine.Flush() }
+
+// DeliverBytes implements rxbatch.BytesDispatcher: it hands b, one IP
+// packet of protocol proto from the network header on, to the engine,
+// which copies what it keeps (a merging segment's payload only) and never
+// keeps b, so the caller may reuse b as soon as it returns. It is the way
+// in for a program that holds packets in buffers of its own, instead of a
+// PacketBuffer per packet injected into the lower endpoint; end each
+// batch with Flush. Checksums are verified unless the lower endpoint
+// reports stack.CapabilityRXChecksumOffload. While the endpoint is not
+// attached, packets are dropped.
+func (e *Endpoint) DeliverBytes(proto tcpip.NetworkProtocolNumber, b []byte) {
+	e.engine.DeliverBytes(proto, b)
+}
 
 // SetMerging turns merging off (false) or back on (true) while traffic
 // flows, for an A/B comparison in production; see lro.Engine.SetMerging.

@@ -68,10 +68,51 @@ func pump(ctx context.Context, from, to *channel.Endpoint, corrupt float64, seed
 	}
 }
 
+// pumpBytes moves packets from a sender's channel endpoint into e as a
+// program with buffers of its own does: each packet is copied into one
+// reused buffer and handed to DeliverBytes, and the buffer is overwritten
+// as soon as the call returns; Flush ends each batch (nothing more
+// queued). It damages a fraction corrupt of the data packets as pump
+// does.
+func pumpBytes(ctx context.Context, from *channel.Endpoint, e *Endpoint, corrupt float64, seed uint64, corrupted *int) {
+	r := rand.New(rand.NewPCG(seed, seed))
+	buf := make([]byte, 1<<16)
+	for {
+		pkt := from.ReadContext(ctx)
+		if pkt == nil {
+			return
+		}
+		for ; pkt != nil; pkt = from.Read() {
+			v := pkt.ToView()
+			b := buf[:copy(buf, v.AsSlice())]
+			v.Release()
+			proto := pkt.NetworkProtocolNumber
+			pkt.DecRef()
+			if corrupt > 0 && len(b) > 200 && r.Float64() < corrupt {
+				b[100+r.IntN(len(b)-100)] ^= 0x20
+				*corrupted++
+			}
+			e.DeliverBytes(proto, b)
+			for i := range b {
+				b[i] = 0xa5 // whatever the engine kept of b is garbage now
+			}
+		}
+		e.Flush()
+	}
+}
+
+// way is how the receiver's packets reach the engine in transfer.
+type way int
+
+const (
+	viaInject way = iota // a PacketBuffer each, into the lower channel endpoint
+	viaBytes             // Endpoint.DeliverBytes from a reused buffer, Flush per batch
+)
+
 // transfer sends n seeded bytes from a plain netstack to one whose link
 // endpoint is wrapped by lroendpoint, with corrupt of the data frames
 // damaged in flight, and returns what the receiver read and the stacks.
-func transfer(t *testing.T, cfg lro.Config, v6 bool, n int, corrupt float64) (sent, got [32]byte, e *Endpoint, rx *stack.Stack, corrupted int) {
+func transfer(t *testing.T, cfg lro.Config, v6 bool, n int, corrupt float64, in way) (sent, got [32]byte, e *Endpoint, rx *stack.Stack, corrupted int) {
 	t.Helper()
 	addrs, proto := addr4, header.IPv4ProtocolNumber
 	if v6 {
@@ -84,7 +125,13 @@ func transfer(t *testing.T, cfg lro.Config, v6 bool, n int, corrupt float64) (se
 	rx = newStack(t, e, addrs[1])
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() { pump(ctx, txLink, rxLink, corrupt, 1, &corrupted) })
+	wg.Go(func() {
+		if in == viaBytes {
+			pumpBytes(ctx, txLink, e, corrupt, 1, &corrupted)
+			return
+		}
+		pump(ctx, txLink, rxLink, corrupt, 1, &corrupted)
+	})
 	wg.Go(func() { pump(ctx, rxLink, txLink, 0, 2, new(int)) })
 	defer func() {
 		cancel()
@@ -103,28 +150,36 @@ func transfer(t *testing.T, cfg lro.Config, v6 bool, n int, corrupt float64) (se
 
 // TestStackAcceptsMergedPackets runs real TCP transfers into netstack
 // through the engine, with 1% of data frames corrupted in flight, in both
-// checksum modes: the stream arrives intact, merging happened, and
-// netstack's checksum checks rejected only the corrupted segments, never
-// a merged packet.
+// checksum modes, with packets injected as PacketBuffers or handed over
+// as bytes from a buffer the caller overwrites after each call: the
+// stream arrives intact, merging happened, and netstack's checksum checks
+// rejected only the corrupted segments, never a merged packet.
 func TestStackAcceptsMergedPackets(t *testing.T) {
-	for _, claim := range []bool{false, true} {
-		for _, v6 := range []bool{false, true} {
-			t.Run(fmt.Sprintf("claim=%v/v6=%v", claim, v6), func(t *testing.T) {
-				sent, got, e, rx, corrupted := transfer(t, lro.Config{ClaimChecksumOffload: claim}, v6, 4<<20, 0.01)
-				require.Equal(t, sent, got, "SHA-256 of the stream")
-				st := e.Stats()
-				t.Logf("%d frames corrupted; %v", corrupted, st)
-				assert.NotZero(t, st.MergedPackets, "merged packets reached netstack")
-				require.NotZero(t, corrupted)
-				tcpErrs := rx.Stats().TCP.ChecksumErrors.Value()
-				if claim {
-					assert.Equal(t, uint64(corrupted), st.DropBadChecksum, "the engine drops what netstack would")
-					assert.Zero(t, tcpErrs, "netstack checks nothing in this mode")
-				} else {
-					assert.Equal(t, uint64(corrupted), st.PassBadChecksum, "bad segments pass unchanged")
-					assert.Equal(t, uint64(corrupted), tcpErrs, "netstack drops exactly the corrupted segments")
-				}
-			})
+	for _, in := range []way{viaInject, viaBytes} {
+		for _, claim := range []bool{false, true} {
+			for _, v6 := range []bool{false, true} {
+				t.Run(fmt.Sprintf("bytes=%v/claim=%v/v6=%v", in == viaBytes, claim, v6), func(t *testing.T) {
+					testStackAccepts(t, in, claim, v6)
+				})
+			}
 		}
 	}
+}
+
+// testStackAccepts is one row of TestStackAcceptsMergedPackets.
+func testStackAccepts(t *testing.T, in way, claim, v6 bool) {
+	sent, got, e, rx, corrupted := transfer(t, lro.Config{ClaimChecksumOffload: claim}, v6, 4<<20, 0.01, in)
+	require.Equal(t, sent, got, "SHA-256 of the stream")
+	st := e.Stats()
+	t.Logf("%d frames corrupted; %v", corrupted, st)
+	assert.NotZero(t, st.MergedPackets, "merged packets reached netstack")
+	require.NotZero(t, corrupted)
+	tcpErrs := rx.Stats().TCP.ChecksumErrors.Value()
+	if claim {
+		assert.Equal(t, uint64(corrupted), st.DropBadChecksum, "the engine drops what netstack would")
+		assert.Zero(t, tcpErrs, "netstack checks nothing in this mode")
+		return
+	}
+	assert.Equal(t, uint64(corrupted), st.PassBadChecksum, "bad segments pass unchanged")
+	assert.Equal(t, uint64(corrupted), tcpErrs, "netstack drops exactly the corrupted segments")
 }

@@ -1,9 +1,10 @@
 // Package rxbatch holds the receive contracts between a link endpoint that
 // reads frames in batches and the dispatcher above it, beyond
 // stack.NetworkDispatcher: where a batch ends (Flusher), frames handed over
-// as views without a PacketBuffer (FragmentDispatcher), one dispatcher
-// per receive queue (MultiQueue), and which destinations netstack keeps
-// rather than forwards (Locality).
+// as views without a PacketBuffer (FragmentDispatcher), packets handed
+// over as bytes the caller keeps (BytesDispatcher), one dispatcher per
+// receive queue (MultiQueue), and which destinations netstack keeps rather
+// than forwards (Locality).
 //
 // They are Linux NAPI's: a driver polls a batch of frames, hands them to
 // GRO in pages (napi_gro_frags), and ends the poll with a GRO flush, each
@@ -14,8 +15,10 @@
 // fails; a dispatcher that implements none is a plain
 // stack.NetworkDispatcher.
 //
-// netlro's fdbased uses the first three and lro.Engine implements them;
-// the engine asks Locality of the dispatcher it delivers to. The
+// netlro's fdbased uses Flusher, FragmentDispatcher and MultiQueue; a
+// program with packets in its own buffers (examples/wireguard's lrotun)
+// uses BytesDispatcher and Flusher; lro.Engine implements those four, and
+// asks Locality of the dispatcher it delivers to. The
 // package depends on gVisor only, so another link endpoint or another
 // dispatcher can implement or use them without netlro's engine.
 package rxbatch
@@ -123,4 +126,17 @@ type nicLocality struct{ n nic }
 // destination, and CheckLocalAddress knows the NIC's addresses.
 func (l nicLocality) DeliversLocally(proto tcpip.NetworkProtocolNumber, addr tcpip.Address) bool {
 	return l.n.Promiscuous() || l.n.CheckLocalAddress(proto, addr)
+}
+
+// BytesDispatcher is implemented by a dispatcher that takes a packet as
+// bytes the caller keeps: a program that reads packets into buffers it
+// reuses (a VPN's Write(bufs), a socket read into one buffer) hands each
+// over without copying it into a PacketBuffer first, and the dispatcher
+// copies what it hands on, once. It ends each batch with Flusher's Flush
+// where the dispatcher has one.
+type BytesDispatcher interface {
+	// DeliverBytes takes one IP packet of protocol proto, b from the
+	// network header on. It never keeps b: the caller may reuse b as soon
+	// as DeliverBytes returns.
+	DeliverBytes(proto tcpip.NetworkProtocolNumber, b []byte)
 }

@@ -9,20 +9,18 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-)
 
-// fragmentDispatcher is lro's "receive in pages" entry point
-// (lro.FragmentDispatcher), found on the dispatcher by a type assertion:
-// the engine takes a packet's views without a PacketBuffer built for it.
-// TestTransfer checks that the engine lroendpoint attaches us to has it.
-type fragmentDispatcher interface {
-	DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderLen int, buf buffer.Buffer)
-}
+	"github.com/netlro/netlro/rxbatch"
+)
 
 // attachment is what link delivers to, swapped whole by Attach.
 type attachment struct {
-	d    stack.NetworkDispatcher
-	frag fragmentDispatcher // d's DeliverFragments, or nil
+	d stack.NetworkDispatcher
+	// bytes is d's DeliverBytes (rxbatch.BytesDispatcher), found by a type
+	// assertion, or nil: the engine reads wireguard-go's buffer where it
+	// lies and copies only what it keeps. TestTransfer checks that the
+	// engine lroendpoint attaches us to has it.
+	bytes rxbatch.BytesDispatcher
 }
 
 // link is the device's side of the NIC: the stack.LinkEndpoint that
@@ -69,17 +67,16 @@ func newLink(mtu uint32, queueLen int, tso, trust bool) *link {
 	}
 }
 
-// deliver hands buf, one IP packet, to the attached dispatcher, and takes
-// ownership of buf.
-func (l *link) deliver(proto tcpip.NetworkProtocolNumber, buf buffer.Buffer) {
+// deliver hands b, one IP packet that the caller reuses once deliver
+// returns, to the attached dispatcher.
+func (l *link) deliver(proto tcpip.NetworkProtocolNumber, b []byte) {
 	a := l.attached.Load()
 	switch {
 	case a == nil:
-		buf.Release()
-	case a.frag != nil:
-		a.frag.DeliverFragments(proto, 0, buf)
+	case a.bytes != nil:
+		a.bytes.DeliverBytes(proto, b)
 	default:
-		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buf})
+		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(b)})
 		a.d.DeliverNetworkPacket(proto, pkt)
 		pkt.DecRef()
 	}
@@ -260,7 +257,7 @@ func (l *link) Attach(d stack.NetworkDispatcher) {
 		return
 	}
 	a := &attachment{d: d}
-	a.frag, _ = d.(fragmentDispatcher)
+	a.bytes, _ = d.(rxbatch.BytesDispatcher)
 	l.attached.Store(a)
 }
 

@@ -17,13 +17,16 @@
 // many as the caller has buffers for, so wireguard-go encrypts and sends
 // whole batches.
 //
-// Copies. Write copies each packet once, into a pooled buffer.View:
-// wireguard-go returns the buffers it passed to Write to its pool when Write
-// returns, while netstack keeps received data until the application reads
-// it, so netstack cannot be handed views of wireguard-go's buffers. The view
-// then goes to the engine without a PacketBuffer of its own (lro's "receive
-// in pages" path): a segment that merges costs its view only. Read copies
-// each segment into the caller's buffer, which the caller owns.
+// Copies. wireguard-go returns the buffers it passed to Write to its pool
+// when Write returns, while netstack keeps received data until the
+// application reads it, so netstack cannot be handed wireguard-go's
+// buffers. Write hands each packet to the engine as bytes
+// (lro.Engine.DeliverBytes), which reads it where it lies and copies once
+// what it keeps: a segment that merges has its payload copied into the
+// merged packet's own pooled views, with no PacketBuffer or view of its
+// own; a packet that starts a merged packet or passes is copied into a
+// pooled view. Read copies each segment into the caller's buffer, which
+// the caller owns.
 package lrotun
 
 import (
@@ -34,7 +37,6 @@ import (
 	"syscall"
 
 	"golang.zx2c4.com/wireguard/tun"
-	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -133,8 +135,9 @@ func New(s *stack.Stack, id tcpip.NICID, opts Options) (*Device, error) {
 
 // Write implements tun.Device. It delivers bufs[i][offset:], one IP packet
 // each, to the engine and then flushes it, so that every run of segments of
-// a flow in the batch reaches netstack as one packet. It copies each packet,
-// because wireguard-go reuses bufs once Write returns. A packet that is
+// a flow in the batch reaches netstack as one packet. The engine copies
+// what it keeps of each packet (a merging segment's payload only), because
+// wireguard-go reuses bufs once Write returns. A packet that is
 // neither IPv4 nor IPv6 is skipped, and Write reports it as an error after
 // delivering the rest.
 func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
@@ -157,7 +160,7 @@ func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 			err = syscall.EAFNOSUPPORT
 			continue
 		}
-		d.link.deliver(proto, buffer.MakeWithView(buffer.NewViewWithData(p)))
+		d.link.deliver(proto, p)
 	}
 	d.nic.Flush()
 	return len(bufs), err

@@ -203,7 +203,7 @@ func TestTransfer(t *testing.T) {
 			assert.Greater(t, ab.maxBatch, 1, "Read returned one packet at a time: TSO packets were not cut into batches")
 			a := db.link.attached.Load()
 			require.NotNil(t, a)
-			assert.NotNil(t, a.frag, "Write does not use the engine's fragment path")
+			assert.NotNil(t, a.bytes, "Write does not use the engine's bytes path")
 			st := db.Stats()
 			assert.NotZero(t, st.MergedPackets, "the receiver merged nothing: %+v", st)
 			assert.Zero(t, st.PassBadChecksum, "segments with bad checksums reached the receiver")

@@ -25,6 +25,9 @@ func childAttr() *syscall.SysProcAttr {
 // errNoRoot says why the kernel sender is not available.
 var errNoRoot = errors.New("the kernel sender needs root (a network namespace and a TUN device)")
 
+// tunName is the name of the kernel sender's TUN device, in its namespace.
+func tunName() string { return namePrefix + "k0" }
+
 // netns is a network namespace of our own and a goroutine locked to a
 // thread inside it: sockets and TUN devices made on that thread belong to
 // the namespace, the rest of the process stays outside.
@@ -34,7 +37,7 @@ type netns struct {
 }
 
 func newNetns() (*netns, error) {
-	n := &netns{name: fmt.Sprintf("wgbench-%d", os.Getpid()), run: make(chan func())}
+	n := &netns{name: fmt.Sprintf("%s-%d", namePrefix, os.Getpid()), run: make(chan func())}
 	if out, err := exec.Command("ip", "netns", "add", n.name).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("ip netns add: %v: %s", err, out)
 	}
@@ -102,16 +105,16 @@ func newKernelSender(k key, peerPublic string, peerPort int) (*sender, error) {
 		return nil, err
 	}
 	var d tun.Device
-	ns.do(func() { d, err = tun.CreateTUN("wgk0", tunnelMTU) })
+	ns.do(func() { d, err = tun.CreateTUN(tunName(), tunnelMTU) })
 	if err != nil {
 		ns.close()
 		return nil, fmt.Errorf("create TUN: %w", err)
 	}
 	for _, args := range [][]string{
 		{"link", "set", "lo", "up"},
-		{"link", "set", "wgk0", "up"},
-		{"addr", "add", senderV4 + "/24", "dev", "wgk0"},
-		{"addr", "add", senderV6 + "/64", "dev", "wgk0", "nodad"},
+		{"link", "set", tunName(), "up"},
+		{"addr", "add", senderV4 + "/24", "dev", tunName()},
+		{"addr", "add", senderV6 + "/64", "dev", tunName(), "nodad"},
 	} {
 		if err := ns.ip(args...); err != nil {
 			d.Close()

@@ -22,6 +22,10 @@ import (
 	"time"
 )
 
+// namePrefix starts the names of the network namespace (NAME-PID) and the
+// TUN device (NAMEk0) that the kernel sender creates.
+var namePrefix = "wgbench"
+
 func main() {
 	if cfg, ok := os.LookupEnv(childEnv); ok {
 		if err := runChild(cfg, os.Stdout); err != nil {
@@ -36,6 +40,7 @@ func main() {
 	only := flag.String("only", "", "run only rows whose name contains this (e.g. 'v6 x4')")
 	timeout := flag.Duration("timeout", 5*time.Minute, "time limit per row")
 	profiles := flag.String("profile", "", "directory to write each row's receiver CPU profile to (go tool pprof)")
+	flag.StringVar(&namePrefix, "names", namePrefix, "prefix of the network namespace and TUN device names the kernel sender creates")
 	flag.Parse()
 	if *profiles != "" {
 		if err := os.MkdirAll(*profiles, 0o755); err != nil {

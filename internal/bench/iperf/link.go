@@ -42,11 +42,13 @@ const (
 	// lroendpoint: it ends no batch, so the engine flushes on its timer
 	// (lro.Config.FlushDelay), as for every lower endpoint of gVisor's.
 	ModeNetlroGVisor Mode = "netlro-gvisor"
-	// ModeNetlroInject feeds lroendpoint as a program that injects packets
-	// into a channel endpoint in batches of its own does: one PacketBuffer
-	// per packet through DeliverNetworkPacket, then the wrapper's Flush at
-	// the batch's end. This project's fdbased does the reading, with its
-	// batches, but its views are not handed over (no receive in pages).
+	// ModeNetlroInject feeds lroendpoint as a program that holds packets
+	// in buffers of its own and hands them over in batches of its own
+	// does: each packet as bytes (rxbatch.BytesDispatcher, DeliverBytes),
+	// then the wrapper's Flush at the batch's end. This project's fdbased
+	// does the reading, with its batches; each packet it read stands in
+	// for the program's buffer, and its views are not handed over (no
+	// receive in pages).
 	ModeNetlroInject Mode = "netlro-inject"
 	// ModeNetlroInjectTimer is ModeNetlroInject without the batch-end
 	// Flush: held packets go up when the engine's timer fires.
@@ -204,9 +206,9 @@ func NewLink(m Mode, opts LinkOptions) (*Link, error) {
 	return l, nil
 }
 
-// perPacket is a lower endpoint that delivers the way a program feeding a
-// channel endpoint does: one PacketBuffer per packet, and, with flush, a
-// Flush at the end of each batch; it hides the rest of what its
+// perPacket is a lower endpoint that delivers the way a program with
+// packets in buffers of its own does: each packet as bytes, and, with
+// flush, a Flush at the end of each batch; it hides the rest of what its
 // dispatcher offers (rxbatch.FragmentDispatcher).
 type perPacket struct {
 	stack.LinkEndpoint
@@ -215,24 +217,42 @@ type perPacket struct {
 
 // Attach implements stack.LinkEndpoint.
 func (p *perPacket) Attach(d stack.NetworkDispatcher) {
-	switch f, ok := d.(rxbatch.Flusher); {
-	case d == nil:
+	if d == nil {
 		p.LinkEndpoint.Attach(nil)
-	case p.flush && ok:
-		p.LinkEndpoint.Attach(flushingDispatcher{d, f})
-	default:
-		p.LinkEndpoint.Attach(plainDispatcher{d})
+		return
+	}
+	bd := bytesDispatcher{NetworkDispatcher: d}
+	bd.bytes, _ = d.(rxbatch.BytesDispatcher)
+	if f, ok := d.(rxbatch.Flusher); p.flush && ok {
+		p.LinkEndpoint.Attach(flushingDispatcher{bd, f})
+		return
+	}
+	p.LinkEndpoint.Attach(bd)
+}
+
+// bytesDispatcher hands each packet's bytes to the dispatcher's
+// DeliverBytes, as a program with the packet in a buffer of its own
+// would, and offers nothing else but stack.NetworkDispatcher's methods.
+type bytesDispatcher struct {
+	stack.NetworkDispatcher
+	bytes rxbatch.BytesDispatcher // nil: packets go as they are
+}
+
+// DeliverNetworkPacket implements stack.NetworkDispatcher. The reader
+// reads a frame into one view, so the bytes are there without a copy.
+func (d bytesDispatcher) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	if d.bytes == nil {
+		d.NetworkDispatcher.DeliverNetworkPacket(proto, pkt)
+		return
+	}
+	if b, ok := pkt.Data().PullUp(pkt.Data().Size()); ok {
+		d.bytes.DeliverBytes(proto, b)
 	}
 }
 
-// plainDispatcher offers a dispatcher's stack.NetworkDispatcher methods
-// only.
-type plainDispatcher struct{ stack.NetworkDispatcher }
-
-// flushingDispatcher offers a dispatcher's stack.NetworkDispatcher
-// methods and its Flush.
+// flushingDispatcher offers a bytesDispatcher's methods and its Flush.
 type flushingDispatcher struct {
-	stack.NetworkDispatcher
+	bytesDispatcher
 	f rxbatch.Flusher
 }
 
