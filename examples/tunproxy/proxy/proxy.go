@@ -127,13 +127,30 @@ type Config struct {
 	Logf func(format string, args ...any)
 }
 
-// Stats are the proxy's counters.
+// Stats are the proxy's counters. The gauges (Dialing, Active,
+// HalfClosed) say how many connections the proxy holds now and in which
+// state; Endpoints says what netstack holds.
 type Stats struct {
 	Accepted   uint64 // connections relayed
-	Active     int64  // connections being relayed now
+	Dialing    int64  // connections whose destination is being dialed now; the client's SYN is answered after
+	Active     int64  // connections being relayed now, HalfClosed included
+	HalfClosed int64  // of Active, those one side of which has finished sending (its half-close passed on) while the other still sends
+	Aborted    uint64 // relays that ended by an error or a reset in either direction, not by both sides closing their sending halves
 	DialFailed uint64 // connections refused because their destination was not reached
 	BytesUp    uint64 // bytes relayed from TUN clients to destinations
 	BytesDown  uint64 // bytes relayed from destinations to TUN clients
+	Netstack   NetstackStats
+}
+
+// NetstackStats are the counters of netstack's TCP (stack.Stats().TCP)
+// that tell whether clients' connections were taken, and how they ended.
+type NetstackStats struct {
+	Established    uint64 // connections in ESTABLISHED or CLOSE-WAIT now (CurrentEstablished)
+	SYNsDropped    uint64 // SYNs dropped because MaxInFlight connections were being dialed (ForwardMaxInFlightDrop)
+	ResetsSent     uint64 // resets netstack sent (ResetsSent)
+	ResetsReceived uint64 // resets netstack received (ResetsReceived)
+	Retransmits    uint64 // segments netstack sent again (Retransmits)
+	Timeouts       uint64 // retransmission timeouts (Timeouts)
 }
 
 // Proxy is a running proxy. Its methods are safe for concurrent use.
@@ -154,8 +171,8 @@ type Proxy struct {
 	// +checklocks:mu
 	conns map[*relay]struct{}
 
-	accepted, dialFailed, up, down atomic.Uint64
-	active                         atomic.Int64
+	accepted, aborted, dialFailed, up, down atomic.Uint64
+	dialing, active, halfClosed             atomic.Int64
 }
 
 // New starts a proxy on cfg.FD.
@@ -302,7 +319,9 @@ func (p *Proxy) serve(r *tcp.ForwarderRequest) {
 	id := r.ID()
 	dst := net.JoinHostPort(id.LocalAddress.String(), strconv.Itoa(int(id.LocalPort)))
 	ctx, cancel := context.WithTimeout(p.ctx, dialTimeout)
+	p.dialing.Add(1)
 	remote, err := p.cfg.Dial(ctx, "tcp", dst)
+	p.dialing.Add(-1)
 	cancel()
 	if err != nil {
 		p.dialFailed.Add(1)
@@ -328,7 +347,7 @@ func (p *Proxy) serve(r *tcp.ForwarderRequest) {
 	}
 	p.accepted.Add(1)
 	p.active.Add(1)
-	rl.run(&p.up, &p.down)
+	rl.run(p)
 	p.active.Add(-1)
 	p.track(rl, false)
 }
@@ -370,18 +389,36 @@ var bufPool = sync.Pool{New: func() any { return new([64 << 10]byte) }}
 // run copies both ways until both ends have closed their sending halves,
 // passing each half-close on, as the client and the destination would
 // have seen it without the proxy; an error in either direction closes
-// both connections at once.
-func (rl *relay) run(up, down *atomic.Uint64) {
+// both connections at once. It keeps p's HalfClosed and Aborted counters.
+func (rl *relay) run(p *Proxy) {
+	var ended atomic.Int32
+	var half, failed atomic.Bool
+	end := func(clean bool) {
+		if !clean {
+			failed.Store(true)
+		}
+		if ended.Add(1) == 1 && clean {
+			half.Store(true)
+			p.halfClosed.Add(1)
+		}
+	}
 	var wg sync.WaitGroup
-	wg.Go(func() { rl.copy(rl.remote, rl.local, up) })
-	rl.copy(rl.local, rl.remote, down)
+	wg.Go(func() { end(rl.copy(rl.remote, rl.local, &p.up)) })
+	end(rl.copy(rl.local, rl.remote, &p.down))
 	wg.Wait()
 	rl.close()
+	if half.Load() {
+		p.halfClosed.Add(-1)
+	}
+	if failed.Load() {
+		p.aborted.Add(1)
+	}
 }
 
 // copy copies from src to dst until src's sending half closes, then
-// closes dst's.
-func (rl *relay) copy(dst, src net.Conn, n *atomic.Uint64) {
+// closes dst's, and reports true; on an error it closes both connections
+// and reports false.
+func (rl *relay) copy(dst, src net.Conn, n *atomic.Uint64) bool {
 	buf := bufPool.Get().(*[64 << 10]byte)
 	defer bufPool.Put(buf)
 	for {
@@ -389,20 +426,20 @@ func (rl *relay) copy(dst, src net.Conn, n *atomic.Uint64) {
 		if m > 0 {
 			if _, werr := dst.Write(buf[:m]); werr != nil {
 				rl.close()
-				return
+				return false
 			}
 			n.Add(uint64(m))
 		}
 		if errors.Is(rerr, io.EOF) {
 			if hc, ok := dst.(halfCloser); ok && hc.CloseWrite() == nil {
-				return
+				return true
 			}
 			rl.close()
-			return
+			return false
 		}
 		if rerr != nil {
 			rl.close()
-			return
+			return false
 		}
 	}
 }
@@ -417,13 +454,43 @@ func (rl *relay) close() {
 
 // Stats returns the proxy's counters.
 func (p *Proxy) Stats() Stats {
+	tcp := p.s.Stats().TCP
 	return Stats{
 		Accepted:   p.accepted.Load(),
+		Dialing:    p.dialing.Load(),
 		Active:     p.active.Load(),
+		HalfClosed: p.halfClosed.Load(),
+		Aborted:    p.aborted.Load(),
 		DialFailed: p.dialFailed.Load(),
 		BytesUp:    p.up.Load(),
 		BytesDown:  p.down.Load(),
+		Netstack: NetstackStats{
+			Established:    tcp.CurrentEstablished.Value(),
+			SYNsDropped:    tcp.ForwardMaxInFlightDrop.Value(),
+			ResetsSent:     tcp.ResetsSent.Value(),
+			ResetsReceived: tcp.ResetsReceived.Value(),
+			Retransmits:    tcp.Retransmits.Value(),
+			Timeouts:       tcp.Timeouts.Value(),
+		},
 	}
+}
+
+// Endpoints counts netstack's TCP endpoints by state, in gVisor's names
+// (ESTABLISHED, FIN-WAIT2, TIME-WAIT, LAST-ACK, ...): the relays' and
+// those the relays have closed that netstack still keeps. It walks every
+// endpoint, so it is for reports, not for a loop. After Close it
+// returns nil.
+func (p *Proxy) Endpoints() map[string]int {
+	if p.ctx.Err() != nil {
+		return nil
+	}
+	m := make(map[string]int)
+	for _, ep := range p.s.RegisteredEndpoints() {
+		if e, ok := ep.(*tcp.Endpoint); ok {
+			m[tcp.EndpointState(e.State()).String()]++
+		}
+	}
+	return m
 }
 
 // LROStats returns netlro's counters, and false on a path without it.
