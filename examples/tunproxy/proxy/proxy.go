@@ -253,6 +253,40 @@ func (p *Proxy) newLink() error {
 // nicID is the proxy stack's one NIC.
 const nicID tcpip.NICID = 1
 
+// timeWait is how long netstack keeps an endpoint in TIME-WAIT
+// (tcpip.TCPTimeWaitTimeoutOption): not at all, where gVisor's default is
+// 60 s.
+//
+// netstack closes first whenever the destination does (an HTTP server
+// without keep-alive, for one): the relay passes the destination's FIN
+// on, the client answers with its own, and netstack's endpoint enters
+// TIME-WAIT. The client, which closed second, keeps nothing and uses the
+// same port again once its choice of ephemeral ports comes round (Linux
+// walks its range in random steps: after about 3,500 connections to one
+// destination). Its SYN lands on the TIME-WAIT endpoint, and gVisor
+// passes such a SYN on to a listening endpoint only (connect.go,
+// handleTimeWaitSegments); a tcp.Forwarder is none, so the SYN is
+// dropped without a reset or a counter, and the client retries until
+// TIME-WAIT ends. With the default, every path stopped taking
+// connections after about 3,500 of them, for a minute (issue 21).
+// tcpip.TCPTimeWaitReuseOption does not help: it is about the ports
+// netstack's own connect picks, which a proxy never uses.
+//
+// A TIME-WAIT in a proxy's netstack protects nothing. It would answer a
+// client's FIN sent again because netstack's last ACK was lost (a TUN
+// device loses nothing but on a full queue, and without it the client,
+// which already has all its data, gets a reset), and keep a late
+// duplicate of an old connection out of a new one on the same ports (a
+// TUN device holds nothing back). The client's stack keeps its own
+// TIME-WAIT when it closes first, and the destination's stack keeps the
+// real one when the destination closes first.
+//
+// tcpip.TCPLingerTimeoutOption (how long an endpoint closed in FIN-WAIT-2
+// waits for the client's FIN, 60 s) is left alone: the relay closes an
+// endpoint only after both sides have closed their sending halves, and
+// resets it otherwise, so netstack is never left waiting for a FIN.
+const timeWait = 0
+
 // newStack builds netstack on p.link: it takes every packet whatever its
 // destination (promiscuous) and answers from that destination (spoofing),
 // hands every TCP connection to p.forward, and routes everything back out
@@ -266,7 +300,8 @@ func (p *Proxy) newStack() error {
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
 	rbuf := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: 1 << 20, Max: 8 << 20}
 	sbuf := tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: 1 << 20, Max: 8 << 20}
-	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &moderate, &rbuf, &sbuf} {
+	tw := tcpip.TCPTimeWaitTimeoutOption(timeWait)
+	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &moderate, &rbuf, &sbuf, &tw} {
 		if err := p.s.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
 			p.s.Destroy()
 			return fmt.Errorf("tunproxy: set TCP option %T: %s", opt, err)
@@ -340,9 +375,9 @@ func (p *Proxy) serve(r *tcp.ForwarderRequest) {
 		return
 	}
 	r.Complete(false)
-	rl := &relay{local: gonet.NewTCPConn(&wq, ep), remote: remote}
+	rl := &relay{ep: ep, local: gonet.NewTCPConn(&wq, ep), remote: remote}
 	if !p.track(rl, true) {
-		rl.close()
+		rl.abort()
 		return
 	}
 	p.accepted.Add(1)
@@ -377,6 +412,7 @@ type halfCloser interface {
 
 // relay is one proxied connection.
 type relay struct {
+	ep     tcpip.Endpoint // local's
 	local  *gonet.TCPConn
 	remote net.Conn
 	once   sync.Once
@@ -388,8 +424,13 @@ var bufPool = sync.Pool{New: func() any { return new([64 << 10]byte) }}
 
 // run copies both ways until both ends have closed their sending halves,
 // passing each half-close on, as the client and the destination would
-// have seen it without the proxy; an error in either direction closes
-// both connections at once. It keeps p's HalfClosed and Aborted counters.
+// have seen it without the proxy, and then closes both connections: the
+// one that closed last is then in TIME-WAIT at its own end, or about to
+// be, and the proxy's side is gone (see the TIME-WAIT notes in newStack).
+// An error in either direction (a reset, a write that failed) resets both
+// connections at once, so that neither end takes a cut stream for a
+// complete one, and nothing is left half-open. It keeps p's HalfClosed
+// and Aborted counters.
 func (rl *relay) run(p *Proxy) {
 	var ended atomic.Int32
 	var half, failed atomic.Bool
@@ -416,7 +457,7 @@ func (rl *relay) run(p *Proxy) {
 }
 
 // copy copies from src to dst until src's sending half closes, then
-// closes dst's, and reports true; on an error it closes both connections
+// closes dst's, and reports true; on an error it resets both connections
 // and reports false.
 func (rl *relay) copy(dst, src net.Conn, n *atomic.Uint64) bool {
 	buf := bufPool.Get().(*[64 << 10]byte)
@@ -425,7 +466,7 @@ func (rl *relay) copy(dst, src net.Conn, n *atomic.Uint64) bool {
 		m, rerr := src.Read(buf[:])
 		if m > 0 {
 			if _, werr := dst.Write(buf[:m]); werr != nil {
-				rl.close()
+				rl.abort()
 				return false
 			}
 			n.Add(uint64(m))
@@ -434,20 +475,35 @@ func (rl *relay) copy(dst, src net.Conn, n *atomic.Uint64) bool {
 			if hc, ok := dst.(halfCloser); ok && hc.CloseWrite() == nil {
 				return true
 			}
-			rl.close()
+			rl.abort()
 			return false
 		}
 		if rerr != nil {
-			rl.close()
+			rl.abort()
 			return false
 		}
 	}
 }
 
-// close closes both connections, once.
+// close closes both connections, once, each with a FIN if it has not
+// sent one.
 func (rl *relay) close() {
 	rl.once.Do(func() {
 		rl.local.Close()
+		rl.remote.Close()
+	})
+}
+
+// abort resets both connections, once: each is closed with a linger
+// time of zero, which sends a reset rather than a FIN and keeps nothing
+// (no FIN-WAIT, no TIME-WAIT) at the proxy.
+func (rl *relay) abort() {
+	rl.once.Do(func() {
+		rl.ep.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: true})
+		rl.local.Close()
+		if tc, ok := rl.remote.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
 		rl.remote.Close()
 	})
 }
@@ -524,7 +580,7 @@ func (p *Proxy) SetMerging(on bool) bool {
 // Merging reports whether netlro merges now.
 func (p *Proxy) Merging() bool { return p.lro != nil && p.lro.Merging() }
 
-// Close stops accepting, closes every relayed connection, and destroys
+// Close stops accepting, resets every relayed connection, and destroys
 // netstack. It waits for the relays to end.
 func (p *Proxy) Close() {
 	p.mu.Lock()
@@ -536,7 +592,7 @@ func (p *Proxy) Close() {
 	}
 	p.cancel()
 	for rl := range conns {
-		rl.close()
+		rl.abort()
 	}
 	// Detach first, without netstack's lock: gVisor's fdbased waits in
 	// Attach(nil) for a packet being delivered, which may need that lock
