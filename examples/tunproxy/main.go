@@ -135,10 +135,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	start := time.Now()
 	cpu0 := cpuTime()
-	logger.Printf("tunproxy: relaying TCP from %s (path %s, pid %d)", name, path, os.Getpid())
-
+	// The signals are caught before the line that says the proxy
+	// relays, which a supervisor (or a test) may answer with one.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1, syscall.SIGUSR2)
+	logger.Printf("tunproxy: relaying TCP from %s (path %s, pid %d)", name, path, os.Getpid())
 	for sig := range sigs {
 		if sig == syscall.SIGUSR2 {
 			logMemory(logger, p)
