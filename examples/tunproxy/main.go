@@ -45,10 +45,13 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"maps"
 	"os"
 	"os/signal"
 	"runtime"
 	"runtime/pprof"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -132,10 +135,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	start := time.Now()
 	cpu0 := cpuTime()
-	logger.Printf("tunproxy: relaying TCP from %s (path %s, pid %d)", name, path, os.Getpid())
-
+	// The signals are caught before the line that says the proxy
+	// relays, which a supervisor (or a test) may answer with one.
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGUSR1, syscall.SIGUSR2)
+	logger.Printf("tunproxy: relaying TCP from %s (path %s, pid %d)", name, path, os.Getpid())
 	for sig := range sigs {
 		if sig == syscall.SIGUSR2 {
 			logMemory(logger, p)
@@ -151,8 +155,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	signal.Stop(sigs)
+	endpoints := p.Endpoints() // what netstack held when told to stop
 	p.Close()
 	r := newReport(p, path, time.Since(start), cpuTime()-cpu0)
+	r.Endpoints = endpoints
 	if *jsonOut {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -173,6 +179,7 @@ type Report struct {
 	CPU        float64        `json:"cpu_s"` // user and system
 	CPUPerGB   float64        `json:"cpu_s_per_gb"`
 	Proxy      proxy.Stats    `json:"proxy"`
+	Endpoints  map[string]int `json:"endpoints"` // netstack's TCP endpoints by state when the proxy was told to stop
 	LRO        *lro.Stats     `json:"lro,omitempty"`
 	MergeRatio float64        `json:"merge_ratio,omitempty"` // packets in per packet out of netlro
 	FD         *fdbased.Stats `json:"fdbased,omitempty"`
@@ -197,7 +204,10 @@ func newReport(p *proxy.Proxy, path proxy.Path, wall, cpu time.Duration) Report 
 func (r Report) print(w io.Writer) {
 	st := r.Proxy
 	fmt.Fprintf(w, "path %s, %.1f s: %d connections relayed, %d refused (dial failed)\n", r.Path, r.Wall, st.Accepted, st.DialFailed)
-	fmt.Fprintf(w, "relayed %d bytes up, %d bytes down\n", st.BytesUp, st.BytesDown)
+	fmt.Fprintf(w, "relayed %d bytes up, %d bytes down; %d relays ended by an error or a reset\n", st.BytesUp, st.BytesDown, st.Aborted)
+	fmt.Fprintf(w, "at exit: %d connections dialing, %d relayed (%d half-closed); netstack endpoints: %s\n", st.Dialing, st.Active, st.HalfClosed, formatStates(r.Endpoints))
+	ns := st.Netstack
+	fmt.Fprintf(w, "netstack: %d SYNs dropped (MaxInFlight dialing), %d resets sent, %d received, %d retransmits, %d timeouts\n", ns.SYNsDropped, ns.ResetsSent, ns.ResetsReceived, ns.Retransmits, ns.Timeouts)
 	fmt.Fprintf(w, "CPU %.2f s, %.3f CPU s/GB relayed\n", r.CPU, r.CPUPerGB)
 	if fs := r.FD; fs != nil {
 		fmt.Fprintf(w, "fdbased: %d frames in %d batches (%.1f per batch), %d super-packets\n", fs.Frames, fs.Batches, fs.MeanBatch(), fs.GSOFrames)
@@ -218,7 +228,29 @@ func logMemory(logger *log.Logger, p *proxy.Proxy) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	st := p.Stats()
-	logger.Printf("tunproxy: memory: %d connections active, %d relayed; heap %d bytes live, %d goroutines", st.Active, st.Accepted, ms.HeapAlloc, runtime.NumGoroutine())
+	eps := p.Endpoints()
+	n := 0
+	for _, c := range eps {
+		n += c
+	}
+	logger.Printf("tunproxy: memory: %d connections active (%d half-closed), %d dialing, %d relayed; heap %d bytes live, %d goroutines, %d endpoints (%s)",
+		st.Active, st.HalfClosed, st.Dialing, st.Accepted, ms.HeapAlloc, runtime.NumGoroutine(), n, formatStates(eps))
+}
+
+// formatStates writes endpoint counts by state, sorted by state, as
+// "ESTABLISHED 3, TIME-WAIT 12", or "none".
+func formatStates(m map[string]int) string {
+	if len(m) == 0 {
+		return "none"
+	}
+	var b strings.Builder
+	for i, k := range slices.Sorted(maps.Keys(m)) {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %d", k, m[k])
+	}
+	return b.String()
 }
 
 // cpuTime returns the user and system CPU time this process has used.

@@ -98,13 +98,17 @@ func skipUnlessNetns(t *testing.T, needIperf3 bool) {
 }
 
 // newTopo builds the namespaces; t's cleanup deletes them.
-func newTopo(t *testing.T) *topo {
+func newTopo(t *testing.T) *topo { return newTopoNamed(t, "tp") }
+
+// newTopoNamed is newTopo with the namespaces' names starting with
+// prefix, so that tests running at once on one machine do not clash.
+func newTopoNamed(t *testing.T, prefix string) *topo {
 	t.Helper()
 	pid := os.Getpid()
 	tp := &topo{
-		client: fmt.Sprintf("tpc-%d", pid),
-		proxy:  fmt.Sprintf("tpp-%d", pid),
-		server: fmt.Sprintf("tps-%d", pid),
+		client: fmt.Sprintf("%sc-%d", prefix, pid),
+		proxy:  fmt.Sprintf("%sp-%d", prefix, pid),
+		server: fmt.Sprintf("%ss-%d", prefix, pid),
 	}
 	t.Cleanup(func() {
 		for _, ns := range []string{tp.client, tp.proxy, tp.server} {
@@ -300,18 +304,50 @@ func (p *proxyProc) cpu(t *testing.T) time.Duration {
 // returns it in bytes, and the line it logged.
 func (p *proxyProc) heap(t *testing.T) (int64, string) {
 	t.Helper()
+	m := p.mem(t)
+	return m.heap, m.line
+}
+
+// memReport is what the proxy logs on SIGUSR2.
+type memReport struct {
+	active, dialing int64 // connections relayed and being dialed now
+	heap            int64 // live heap after a collection, bytes
+	goroutines      int64
+	endpoints       int64 // netstack's TCP endpoints, in any state
+	line            string
+}
+
+// mem asks the proxy for its memory report (SIGUSR2) and returns it.
+func (p *proxyProc) mem(t *testing.T) memReport {
+	t.Helper()
 	require.NoError(t, p.cmd.Process.Signal(syscall.SIGUSR2))
+	var line string
 	select {
-	case line := <-p.memory:
-		_, rest, _ := strings.Cut(line, "heap ")
-		f := strings.Fields(rest)
-		require.NotEmpty(t, f, "memory line %q", line)
-		n, err := strconv.ParseInt(f[0], 10, 64)
-		require.NoError(t, err, "memory line %q", line)
-		return n, line
+	case line = <-p.memory:
 	case <-time.After(30 * time.Second):
 		t.Fatal("the proxy did not report its memory within 30 s of SIGUSR2 (hang guard)")
-		return 0, ""
+	}
+	// "N connections active (N half-closed), N dialing, N relayed; heap N bytes live, N goroutines, N endpoints (...)"
+	num := func(before, after string) int64 {
+		t.Helper()
+		_, rest, ok := strings.Cut(line, before)
+		if before == "" {
+			rest, ok = line, true
+		}
+		require.True(t, ok, "memory line %q: no %q", line, before)
+		f := strings.Fields(rest)
+		require.True(t, len(f) >= 2 && strings.HasPrefix(f[1], after), "memory line %q: no %q after %q", line, after, before)
+		n, err := strconv.ParseInt(f[0], 10, 64)
+		require.NoError(t, err, "memory line %q", line)
+		return n
+	}
+	return memReport{
+		active:     num("", "connections"),
+		dialing:    num("half-closed), ", "dialing"),
+		heap:       num("heap ", "bytes"),
+		goroutines: num("live, ", "goroutines"),
+		endpoints:  num("goroutines, ", "endpoints"),
+		line:       line,
 	}
 }
 

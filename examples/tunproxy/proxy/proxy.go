@@ -127,13 +127,30 @@ type Config struct {
 	Logf func(format string, args ...any)
 }
 
-// Stats are the proxy's counters.
+// Stats are the proxy's counters. The gauges (Dialing, Active,
+// HalfClosed) say how many connections the proxy holds now and in which
+// state; Endpoints says what netstack holds.
 type Stats struct {
 	Accepted   uint64 // connections relayed
-	Active     int64  // connections being relayed now
+	Dialing    int64  // connections whose destination is being dialed now; the client's SYN is answered after
+	Active     int64  // connections being relayed now, HalfClosed included
+	HalfClosed int64  // of Active, those one side of which has finished sending (its half-close passed on) while the other still sends
+	Aborted    uint64 // relays that ended by an error or a reset in either direction, not by both sides closing their sending halves
 	DialFailed uint64 // connections refused because their destination was not reached
 	BytesUp    uint64 // bytes relayed from TUN clients to destinations
 	BytesDown  uint64 // bytes relayed from destinations to TUN clients
+	Netstack   NetstackStats
+}
+
+// NetstackStats are the counters of netstack's TCP (stack.Stats().TCP)
+// that tell whether clients' connections were taken, and how they ended.
+type NetstackStats struct {
+	Established    uint64 // connections in ESTABLISHED or CLOSE-WAIT now (CurrentEstablished)
+	SYNsDropped    uint64 // SYNs dropped because MaxInFlight connections were being dialed (ForwardMaxInFlightDrop)
+	ResetsSent     uint64 // resets netstack sent (ResetsSent)
+	ResetsReceived uint64 // resets netstack received (ResetsReceived)
+	Retransmits    uint64 // segments netstack sent again (Retransmits)
+	Timeouts       uint64 // retransmission timeouts (Timeouts)
 }
 
 // Proxy is a running proxy. Its methods are safe for concurrent use.
@@ -154,8 +171,8 @@ type Proxy struct {
 	// +checklocks:mu
 	conns map[*relay]struct{}
 
-	accepted, dialFailed, up, down atomic.Uint64
-	active                         atomic.Int64
+	accepted, aborted, dialFailed, up, down atomic.Uint64
+	dialing, active, halfClosed             atomic.Int64
 }
 
 // New starts a proxy on cfg.FD.
@@ -236,6 +253,40 @@ func (p *Proxy) newLink() error {
 // nicID is the proxy stack's one NIC.
 const nicID tcpip.NICID = 1
 
+// timeWait is how long netstack keeps an endpoint in TIME-WAIT
+// (tcpip.TCPTimeWaitTimeoutOption): not at all, where gVisor's default is
+// 60 s.
+//
+// netstack closes first whenever the destination does (an HTTP server
+// without keep-alive, for one): the relay passes the destination's FIN
+// on, the client answers with its own, and netstack's endpoint enters
+// TIME-WAIT. The client, which closed second, keeps nothing and uses the
+// same port again once its choice of ephemeral ports comes round (Linux
+// walks its range in random steps: after about 3,500 connections to one
+// destination). Its SYN lands on the TIME-WAIT endpoint, and gVisor
+// passes such a SYN on to a listening endpoint only (connect.go,
+// handleTimeWaitSegments); a tcp.Forwarder is none, so the SYN is
+// dropped without a reset or a counter, and the client retries until
+// TIME-WAIT ends. With the default, every path stopped taking
+// connections after about 3,500 of them, for a minute (issue 21).
+// tcpip.TCPTimeWaitReuseOption does not help: it is about the ports
+// netstack's own connect picks, which a proxy never uses.
+//
+// A TIME-WAIT in a proxy's netstack protects nothing. It would answer a
+// client's FIN sent again because netstack's last ACK was lost (a TUN
+// device loses nothing but on a full queue, and without it the client,
+// which already has all its data, gets a reset), and keep a late
+// duplicate of an old connection out of a new one on the same ports (a
+// TUN device holds nothing back). The client's stack keeps its own
+// TIME-WAIT when it closes first, and the destination's stack keeps the
+// real one when the destination closes first.
+//
+// tcpip.TCPLingerTimeoutOption (how long an endpoint closed in FIN-WAIT-2
+// waits for the client's FIN, 60 s) is left alone: the relay closes an
+// endpoint only after both sides have closed their sending halves, and
+// resets it otherwise, so netstack is never left waiting for a FIN.
+const timeWait = 0
+
 // newStack builds netstack on p.link: it takes every packet whatever its
 // destination (promiscuous) and answers from that destination (spoofing),
 // hands every TCP connection to p.forward, and routes everything back out
@@ -249,7 +300,8 @@ func (p *Proxy) newStack() error {
 	moderate := tcpip.TCPModerateReceiveBufferOption(true)
 	rbuf := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4096, Default: 1 << 20, Max: 8 << 20}
 	sbuf := tcpip.TCPSendBufferSizeRangeOption{Min: 4096, Default: 1 << 20, Max: 8 << 20}
-	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &moderate, &rbuf, &sbuf} {
+	tw := tcpip.TCPTimeWaitTimeoutOption(timeWait)
+	for _, opt := range []tcpip.SettableTransportProtocolOption{&sack, &moderate, &rbuf, &sbuf, &tw} {
 		if err := p.s.SetTransportProtocolOption(tcp.ProtocolNumber, opt); err != nil {
 			p.s.Destroy()
 			return fmt.Errorf("tunproxy: set TCP option %T: %s", opt, err)
@@ -302,7 +354,9 @@ func (p *Proxy) serve(r *tcp.ForwarderRequest) {
 	id := r.ID()
 	dst := net.JoinHostPort(id.LocalAddress.String(), strconv.Itoa(int(id.LocalPort)))
 	ctx, cancel := context.WithTimeout(p.ctx, dialTimeout)
+	p.dialing.Add(1)
 	remote, err := p.cfg.Dial(ctx, "tcp", dst)
+	p.dialing.Add(-1)
 	cancel()
 	if err != nil {
 		p.dialFailed.Add(1)
@@ -321,14 +375,14 @@ func (p *Proxy) serve(r *tcp.ForwarderRequest) {
 		return
 	}
 	r.Complete(false)
-	rl := &relay{local: gonet.NewTCPConn(&wq, ep), remote: remote}
+	rl := &relay{ep: ep, local: gonet.NewTCPConn(&wq, ep), remote: remote}
 	if !p.track(rl, true) {
-		rl.close()
+		rl.abort()
 		return
 	}
 	p.accepted.Add(1)
 	p.active.Add(1)
-	rl.run(&p.up, &p.down)
+	rl.run(p)
 	p.active.Add(-1)
 	p.track(rl, false)
 }
@@ -358,6 +412,7 @@ type halfCloser interface {
 
 // relay is one proxied connection.
 type relay struct {
+	ep     tcpip.Endpoint // local's
 	local  *gonet.TCPConn
 	remote net.Conn
 	once   sync.Once
@@ -369,45 +424,69 @@ var bufPool = sync.Pool{New: func() any { return new([64 << 10]byte) }}
 
 // run copies both ways until both ends have closed their sending halves,
 // passing each half-close on, as the client and the destination would
-// have seen it without the proxy; an error in either direction closes
-// both connections at once.
-func (rl *relay) run(up, down *atomic.Uint64) {
+// have seen it without the proxy, and then closes both connections: the
+// one that closed last is then in TIME-WAIT at its own end, or about to
+// be, and the proxy's side is gone (see the TIME-WAIT notes in newStack).
+// An error in either direction (a reset, a write that failed) resets both
+// connections at once, so that neither end takes a cut stream for a
+// complete one, and nothing is left half-open. It keeps p's HalfClosed
+// and Aborted counters.
+func (rl *relay) run(p *Proxy) {
+	var ended atomic.Int32
+	var half, failed atomic.Bool
+	end := func(clean bool) {
+		if !clean {
+			failed.Store(true)
+		}
+		if ended.Add(1) == 1 && clean {
+			half.Store(true)
+			p.halfClosed.Add(1)
+		}
+	}
 	var wg sync.WaitGroup
-	wg.Go(func() { rl.copy(rl.remote, rl.local, up) })
-	rl.copy(rl.local, rl.remote, down)
+	wg.Go(func() { end(rl.copy(rl.remote, rl.local, &p.up)) })
+	end(rl.copy(rl.local, rl.remote, &p.down))
 	wg.Wait()
 	rl.close()
+	if half.Load() {
+		p.halfClosed.Add(-1)
+	}
+	if failed.Load() {
+		p.aborted.Add(1)
+	}
 }
 
 // copy copies from src to dst until src's sending half closes, then
-// closes dst's.
-func (rl *relay) copy(dst, src net.Conn, n *atomic.Uint64) {
+// closes dst's, and reports true; on an error it resets both connections
+// and reports false.
+func (rl *relay) copy(dst, src net.Conn, n *atomic.Uint64) bool {
 	buf := bufPool.Get().(*[64 << 10]byte)
 	defer bufPool.Put(buf)
 	for {
 		m, rerr := src.Read(buf[:])
 		if m > 0 {
 			if _, werr := dst.Write(buf[:m]); werr != nil {
-				rl.close()
-				return
+				rl.abort()
+				return false
 			}
 			n.Add(uint64(m))
 		}
 		if errors.Is(rerr, io.EOF) {
 			if hc, ok := dst.(halfCloser); ok && hc.CloseWrite() == nil {
-				return
+				return true
 			}
-			rl.close()
-			return
+			rl.abort()
+			return false
 		}
 		if rerr != nil {
-			rl.close()
-			return
+			rl.abort()
+			return false
 		}
 	}
 }
 
-// close closes both connections, once.
+// close closes both connections, once, each with a FIN if it has not
+// sent one.
 func (rl *relay) close() {
 	rl.once.Do(func() {
 		rl.local.Close()
@@ -415,15 +494,59 @@ func (rl *relay) close() {
 	})
 }
 
+// abort resets both connections, once: each is closed with a linger
+// time of zero, which sends a reset rather than a FIN and keeps nothing
+// (no FIN-WAIT, no TIME-WAIT) at the proxy.
+func (rl *relay) abort() {
+	rl.once.Do(func() {
+		rl.ep.SocketOptions().SetLinger(tcpip.LingerOption{Enabled: true})
+		rl.local.Close()
+		if tc, ok := rl.remote.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
+		rl.remote.Close()
+	})
+}
+
 // Stats returns the proxy's counters.
 func (p *Proxy) Stats() Stats {
+	tcp := p.s.Stats().TCP
 	return Stats{
 		Accepted:   p.accepted.Load(),
+		Dialing:    p.dialing.Load(),
 		Active:     p.active.Load(),
+		HalfClosed: p.halfClosed.Load(),
+		Aborted:    p.aborted.Load(),
 		DialFailed: p.dialFailed.Load(),
 		BytesUp:    p.up.Load(),
 		BytesDown:  p.down.Load(),
+		Netstack: NetstackStats{
+			Established:    tcp.CurrentEstablished.Value(),
+			SYNsDropped:    tcp.ForwardMaxInFlightDrop.Value(),
+			ResetsSent:     tcp.ResetsSent.Value(),
+			ResetsReceived: tcp.ResetsReceived.Value(),
+			Retransmits:    tcp.Retransmits.Value(),
+			Timeouts:       tcp.Timeouts.Value(),
+		},
 	}
+}
+
+// Endpoints counts netstack's TCP endpoints by state, in gVisor's names
+// (ESTABLISHED, FIN-WAIT2, TIME-WAIT, LAST-ACK, ...): the relays' and
+// those the relays have closed that netstack still keeps. It walks every
+// endpoint, so it is for reports, not for a loop. After Close it
+// returns nil.
+func (p *Proxy) Endpoints() map[string]int {
+	if p.ctx.Err() != nil {
+		return nil
+	}
+	m := make(map[string]int)
+	for _, ep := range p.s.RegisteredEndpoints() {
+		if e, ok := ep.(*tcp.Endpoint); ok {
+			m[tcp.EndpointState(e.State()).String()]++
+		}
+	}
+	return m
 }
 
 // LROStats returns netlro's counters, and false on a path without it.
@@ -457,7 +580,7 @@ func (p *Proxy) SetMerging(on bool) bool {
 // Merging reports whether netlro merges now.
 func (p *Proxy) Merging() bool { return p.lro != nil && p.lro.Merging() }
 
-// Close stops accepting, closes every relayed connection, and destroys
+// Close stops accepting, resets every relayed connection, and destroys
 // netstack. It waits for the relays to end.
 func (p *Proxy) Close() {
 	p.mu.Lock()
@@ -469,7 +592,7 @@ func (p *Proxy) Close() {
 	}
 	p.cancel()
 	for rl := range conns {
-		rl.close()
+		rl.abort()
 	}
 	// Detach first, without netstack's lock: gVisor's fdbased waits in
 	// Attach(nil) for a packet being delivered, which may need that lock

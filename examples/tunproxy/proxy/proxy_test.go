@@ -227,3 +227,26 @@ func TestParsePath(t *testing.T) {
 	assert.False(t, PathNetlroRead.VNetHdr())
 	assert.False(t, PathGVisorGRO.LRO())
 }
+
+// TestRelayPassesResetOn checks that a destination's reset reaches the
+// client as a reset, not as the FIN of a stream that ended well.
+func TestRelayPassesResetOn(t *testing.T) {
+	r := newRig(t, PathNetlroRead)
+	go func() {
+		c, err := r.ln.Accept()
+		if err != nil {
+			return
+		}
+		c.Write([]byte{'x'})
+		c.(*net.TCPConn).SetLinger(0)
+		c.Close()
+	}()
+	c, err := r.dial(80)
+	require.NoError(t, err)
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(30 * time.Second)) // hang guard
+	got, err := io.ReadAll(c)
+	assert.Equal(t, "x", string(got))
+	require.Error(t, err, "the client took the destination's reset for the end of its stream")
+	assert.Contains(t, err.Error(), "reset")
+}
