@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"gvisor.dev/gvisor/pkg/tcpip"
 
+	"github.com/netlro/netlro/internal/bench/cputime"
 	"github.com/netlro/netlro/internal/bench/iperf"
 	"github.com/netlro/netlro/internal/bench/iperf3"
 )
@@ -52,7 +53,7 @@ func TestIperf3ClientTAP(t *testing.T) {
 		require.NoError(t, err)
 		srv := iperf3.NewServer(iperf3.Options{
 			Logf:      t.Logf,
-			CPUTime:   iperf3.ProcessCPUTime,
+			CPUTime:   cputime.Process,
 			OnTestEnd: func(r iperf3.Test) { mu.Lock(); tests = append(tests, r); mu.Unlock() },
 		})
 		wg.Go(func() { assert.ErrorIs(t, srv.Serve(ctx, ln), context.Canceled) })

@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 
+	"github.com/netlro/netlro/internal/bench/cputime"
 	"github.com/netlro/netlro/internal/bench/iperf"
 	"github.com/netlro/netlro/internal/bench/iperf3"
 	"github.com/netlro/netlro/internal/bench/tapns"
@@ -70,7 +71,7 @@ func runListen(ctx context.Context, o options, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "run: iperf3 -c %s -p %d   (Ctrl-C stops the server)\n", ap.Addr(), ap.Port())
 	srv := iperf3.NewServer(iperf3.Options{
 		Logf:      func(format string, args ...any) { fmt.Fprintf(stdout, format+"\n", args...) },
-		CPUTime:   iperf3.ProcessCPUTime,
+		CPUTime:   cputime.Process,
 		OnTestEnd: func(t iperf3.Test) { printTest(stdout, t, rs) },
 	})
 	err = srv.Serve(ctx, ln)

@@ -59,6 +59,7 @@ import (
 
 	"github.com/netlro/netlro/examples/tunproxy/proxy"
 	"github.com/netlro/netlro/fdbased"
+	"github.com/netlro/netlro/internal/bench/cputime"
 	"github.com/netlro/netlro/lro"
 )
 
@@ -134,7 +135,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	start := time.Now()
-	cpu0 := cpuTime()
+	cpu0 := cputime.Total()
 	// The signals are caught before the line that says the proxy
 	// relays, which a supervisor (or a test) may answer with one.
 	sigs := make(chan os.Signal, 1)
@@ -157,7 +158,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	signal.Stop(sigs)
 	endpoints := p.Endpoints() // what netstack held when told to stop
 	p.Close()
-	r := newReport(p, path, time.Since(start), cpuTime()-cpu0)
+	r := newReport(p, path, time.Since(start), cputime.Total()-cpu0)
 	r.Endpoints = endpoints
 	if *jsonOut {
 		enc := json.NewEncoder(stdout)
@@ -251,13 +252,4 @@ func formatStates(m map[string]int) string {
 		fmt.Fprintf(&b, "%s %d", k, m[k])
 	}
 	return b.String()
-}
-
-// cpuTime returns the user and system CPU time this process has used.
-func cpuTime() time.Duration {
-	var ru unix.Rusage
-	if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

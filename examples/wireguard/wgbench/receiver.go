@@ -15,7 +15,6 @@ import (
 	"os"
 	"runtime/pprof"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/google/pprof/profile"
@@ -31,6 +30,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"github.com/netlro/netlro/examples/wireguard/lrotun"
+	"github.com/netlro/netlro/internal/bench/cputime"
 	"github.com/netlro/netlro/lro"
 )
 
@@ -246,7 +246,7 @@ func receive(cfg childConfig, ready func(port int) error) (childResult, error) {
 			return res, fmt.Errorf("accept: %w", err)
 		}
 		if i == 0 {
-			start, cpu0 = time.Now(), cpuSeconds()
+			start, cpu0 = time.Now(), cputime.Total().Seconds()
 			if rn.stackPkts != nil {
 				stack0 = rn.stackPkts()
 			}
@@ -270,7 +270,7 @@ func receive(cfg childConfig, ready func(port int) error) (childResult, error) {
 	}
 	readers.Wait()
 	res.Seconds = time.Since(start).Seconds()
-	res.CPU = cpuSeconds() - cpu0
+	res.CPU = cputime.Total().Seconds() - cpu0
 	pprof.StopCPUProfile()
 	close(errs)
 	var errAll error
@@ -293,15 +293,6 @@ func receive(cfg childConfig, ready func(port int) error) (childResult, error) {
 		}
 	}
 	return res, errAll
-}
-
-// cpuSeconds is the process's user and system CPU time.
-func cpuSeconds() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }
 
 // shares splits a CPU profile's samples by their "part" label: netstack

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -16,6 +15,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/netlro/netlro/fdbased"
+	"github.com/netlro/netlro/internal/bench/cputime"
 	"github.com/netlro/netlro/lro"
 )
 
@@ -161,7 +161,7 @@ func RunReceiver(ctx context.Context, cfg Config, link LinkOptions, send SendFun
 		stop := progress(ctx, rcv, cfg.Progress)
 		defer stop()
 	}
-	cpu0 := cpuTime()
+	cpu0 := cputime.Total()
 	pkts0 := s.Stats().IP.PacketsReceived.Value()
 
 	var (
@@ -180,7 +180,7 @@ func RunReceiver(ctx context.Context, cfg Config, link LinkOptions, send SendFun
 		cancel()
 	}
 	wg.Wait()
-	cpu := cpuTime() - cpu0
+	cpu := cputime.Total() - cpu0
 	pkts := s.Stats().IP.PacketsReceived.Value() - pkts0
 	if sendErr != nil {
 		return Result{}, fmt.Errorf("iperf: %s: send: %w", cfg.Mode, sendErr)
@@ -317,15 +317,6 @@ func Socketpair() ([2]int, error) {
 		}
 	}
 	return [2]int{fds[0], fds[1]}, nil
-}
-
-// cpuTime returns the user plus system CPU time of this process.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // progress calls fn with the bytes received a few times a second until

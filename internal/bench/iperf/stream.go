@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/netlro/netlro/internal/bench/cputime"
 )
 
 // chunkSize is the size of one write and one read, iperf3's default TCP
@@ -255,7 +257,7 @@ func Send(ctx context.Context, dial Dialer, opts SendOptions, sent *atomic.Int64
 	defer stop()
 
 	until := time.Now().Add(opts.Duration)
-	cpu := cpuTime()
+	cpu := cputime.Total()
 	res := SendResult{Streams: make([]StreamResult, opts.Streams)}
 	errs := make([]error, opts.Streams)
 	var wg sync.WaitGroup
@@ -276,7 +278,7 @@ func Send(ctx context.Context, dial Dialer, opts SendOptions, sent *atomic.Int64
 		})
 	}
 	wg.Wait()
-	res.CPUSeconds = (cpuTime() - cpu).Seconds()
+	res.CPUSeconds = (cputime.Total() - cpu).Seconds()
 	if err := errors.Join(errs...); err != nil {
 		return SendResult{}, err
 	}

@@ -31,7 +31,6 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -493,14 +492,4 @@ func writeJSON(c net.Conn, v any) error {
 		return fmt.Errorf("send JSON: %w", err)
 	}
 	return nil
-}
-
-// ProcessCPUTime returns this process's user and system CPU time, for
-// Options.CPUTime.
-func ProcessCPUTime() (user, system time.Duration) {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0, 0
-	}
-	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())
 }

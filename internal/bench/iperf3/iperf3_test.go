@@ -12,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/netlro/netlro/internal/bench/cputime"
 )
 
 // clientReport is the part of iperf3 -J's output the tests read.
@@ -41,7 +43,7 @@ func TestRealClientLoopback(t *testing.T) {
 	)
 	srv := NewServer(Options{
 		Logf:      t.Logf,
-		CPUTime:   ProcessCPUTime,
+		CPUTime:   cputime.Process,
 		OnTestEnd: func(r Test) { mu.Lock(); tests = append(tests, r); mu.Unlock() },
 	})
 	ctx, cancel := context.WithCancel(t.Context())
