@@ -56,8 +56,10 @@ type Gate struct {
 	inflight atomic.Int64                            // deliveries inside netstack, and a moment at Enter
 	waiting  atomic.Int32                            // goroutines in waitIdle
 
-	idleMu   sync.Mutex
-	idleCond sync.Cond // on idleMu: inflight reached 0, or the gate opened
+	idleMu sync.Mutex
+	// idleCond is on idleMu: inflight reached 0, or the gate opened.
+	// +checklocks:idleMu
+	idleCond sync.Cond
 
 	mu sync.Mutex // the lifecycle lock: Attach, Close and the hooks
 	// started is set from Start to the next Stop.

@@ -24,7 +24,8 @@ func (*dispatcher) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketB
 // owner records its hooks in order, checks that no two overlap, and
 // signals each Finish.
 type owner struct {
-	mu       sync.Mutex
+	mu sync.Mutex
+	// +checklocks:mu
 	log      []string
 	running  atomic.Int32
 	overlaps atomic.Int32

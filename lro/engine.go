@@ -185,16 +185,24 @@ func (e *Engine) pass(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef
 // flushAndPass delivers a valid TCP packet that must not merge, after its
 // flow's held packet, so the two arrive in order.
 func (e *Engine) flushAndPass(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment) {
+	sh.mu.Lock()
+	sh.q.reserve(2)
+	e.passAfterFlow(sh, proto, r, s, 2)
+}
+
+// passAfterFlow is flushAndPass with sh locked and a reservation of
+// reserved >= 2 made.
+//
+// +checklocksrelease:sh.mu
+func (e *Engine) passAfterFlow(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment, reserved int) {
 	var out [2]pending
 	n := 0
-	sh.mu.Lock()
-	sh.q.reserve(len(out))
 	if i := sh.lookup(s, e.seed); i >= 0 {
 		out[n] = sh.take(i, cFlushOrder)
 		n++
 	}
 	out[n] = passItem(proto, r, s.reason, s.flowHash(e.seed))
-	e.unlockAndDeliver(sh, out[:n+1], len(out), false)
+	e.unlockAndDeliver(sh, out[:n+1], reserved, false)
 }
 
 // mergeOrHold runs a candidate segment against its flow's session: merge,
@@ -203,77 +211,76 @@ func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pa
 	var out [3]pending // at most: an evicted session, the one s ended or filled, s itself
 	sh.mu.Lock()
 	sh.q.reserve(len(out))
-	i := sh.lookup(s, e.seed)
-	if i < 0 && e.cfg.local != nil {
-		// s would start a session. Ask netstack whether it keeps s's
-		// flow, with no lock of ours held: a flow it forwards must not
-		// merge, since it cannot forward the result. A kept flow is asked
-		// once per session; a forwarded one never has a session, so each
-		// of its candidate segments is asked.
-		sh.q.unreserve(len(out))
-		sh.mu.Unlock()
-		if !e.cfg.local.DeliversLocally(proto, s.dst()) {
-			s.reason = cPassNotLocal
-			e.flushAndPass(sh, proto, r, s)
-			return
-		}
-		sh.mu.Lock()
-		sh.q.reserve(len(out))
-		i = sh.lookup(s, e.seed)
+	i, kept := e.sessionOf(sh, proto, s, len(out))
+	if !kept {
+		s.reason = cPassNotLocal
+		e.passAfterFlow(sh, proto, r, s, len(out))
+		return
 	}
-	var a action
+	a := actionStart
 	if i >= 0 {
-		f := &sh.flows[i].session
-		if a = e.classify(f, s); a == actionMerge {
-			e.merge(f, s, r)
-			sh.merged++
-			if !e.done(f, s) {
-				// Most segments end here, with nothing to deliver.
-				sh.q.unreserve(len(out))
-				sh.mu.Unlock()
-				return
-			}
-		}
+		a = e.classify(&sh.flows[i].session, s)
 	}
-	n, held := 0, false
-	if i < 0 {
+	n := 0
+	switch a {
+	case actionMerge:
+		e.merge(&sh.flows[i].session, s, r)
+		sh.merged++
+	case actionPass:
+		// The held packet first, then s as it is (inet_lro: flush, then
+		// hand up what cannot join).
+		h := sh.flows[i].hash
+		out[0] = sh.take(i, cFlushOrder)
+		out[1] = passItem(proto, r, cPassOutOfOrder, h)
+		e.unlockAndDeliver(sh, out[:2], len(out), false)
+		return
+	case actionStart:
 		if sh.full() {
 			out[n] = sh.take(sh.oldest, cFlushEvict)
 			n++
 		}
 		i = sh.insert(s, e.seed)
 		e.hold(&sh.flows[i].session, proto, r, s)
-		held = true
-	} else {
-		f := &sh.flows[i].session
-		switch a {
-		case actionMerge: // and the packet is done: see below
-		case actionPass:
-			h := sh.flows[i].hash
-			out[n] = sh.take(i, cFlushOrder)
-			out[n+1] = passItem(proto, r, cPassOutOfOrder, h)
-			n += 2
-			i = -1
-		default:
-			cause := cFlushMismatch
-			if a == actionRestartLimit {
-				cause = cFlushLimit
-			}
-			out[n] = sessionItem(*f, cause, sh.flows[i].hash)
-			n++
-			e.hold(f, proto, r, s)
-			held = true
-		}
+	default: // the session ends and s starts the next one in its slot
+		out[n] = sessionItem(sh.flows[i].session, a.flushCause(), sh.flows[i].hash)
+		n++
+		e.hold(&sh.flows[i].session, proto, r, s)
 	}
-	if i >= 0 && e.done(&sh.flows[i].session, s) {
+	done := e.done(&sh.flows[i].session, s)
+	if done {
 		out[n] = sh.take(i, cFlushLimit)
 		n++
-		held = false
+	}
+	if n == 0 && a == actionMerge { // most segments end here
+		sh.q.unreserve(len(out))
+		sh.mu.Unlock()
+		return
 	}
 	e.unlockAndDeliver(sh, out[:n], len(out), false)
-	if held {
-		e.armTimer(e.cfg.FlushDelay)
+	if a != actionMerge && !done {
+		e.armTimer(e.cfg.FlushDelay) // s is held now
 	}
+}
+
+// sessionOf returns the slot of s's session, or -1 if s would start
+// one. If it would, and the engine can ask, it first asks netstack whether
+// it keeps s's flow, with sh unlocked (and its reservation of reserve
+// returned meanwhile), since that calls into netstack: a flow netstack
+// forwards must not merge, since it cannot forward the result, and then
+// kept is false. A kept flow is asked once per session; a forwarded one
+// never has a session, so each of its candidate segments is asked.
+//
+// +checklocks:sh.mu
+func (e *Engine) sessionOf(sh *shard, proto tcpip.NetworkProtocolNumber, s *segment, reserve int) (i int32, kept bool) {
+	if i = sh.lookup(s, e.seed); i >= 0 || e.cfg.local == nil {
+		return i, true
+	}
+	sh.q.unreserve(reserve)
+	sh.mu.Unlock()
+	kept = e.cfg.local.DeliversLocally(proto, s.dst())
+	sh.mu.Lock()
+	sh.q.reserve(reserve)
+	return sh.lookup(s, e.seed), kept
 }
 
 // unlockAndDeliver hands items, produced under sh.mu out of a reservation of

@@ -22,7 +22,17 @@ const (
 	actionRestart
 	// actionRestartLimit: as actionRestart, because the packet is full.
 	actionRestartLimit
+	// actionStart: the flow has no session; the segment starts one.
+	actionStart
 )
+
+// flushCause is the counter of a held packet that a restart ends.
+func (a action) flushCause() counter {
+	if a == actionRestartLimit {
+		return cFlushLimit
+	}
+	return cFlushMismatch
+}
 
 // after reports whether sequence number a is later than b, modulo 2^32
 // (Linux's after() in include/net/tcp.h).
