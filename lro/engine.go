@@ -16,24 +16,36 @@ import (
 
 // Engine merges in-order TCP segments on their way from a link endpoint to
 // netstack. It is a stack.NetworkDispatcher; deliveries may come from
-// several goroutines at once.
+// several goroutines at once. What is delivered to the Engine itself goes
+// to its first table; a lower endpoint with several receive queues gives
+// each its own Queue (rxbatch.MultiQueue). Flush, Stats, SetMerging and
+// Close on the Engine cover every queue.
 type Engine struct {
+	own *Queue // the table of what is delivered to the Engine itself
+	// off is set while SetMerging has turned merging off; every queue
+	// reads it.
+	off *atomic.Bool
+
+	qmu    sync.Mutex // guards writes to queues
+	queues atomic.Pointer[[]*Queue]
+}
+
+// Queue is the part of an Engine that one receive queue delivers to: a flow
+// table of its own, sized by Config.MaxFlows, whose Flush delivers only
+// that table's sessions, as each Linux NAPI context flushes only its own
+// GRO list. Engine.Queue returns it. It is a stack.NetworkDispatcher, an
+// rxbatch.Flusher, FragmentDispatcher and BytesDispatcher.
+type Queue struct {
 	next      stack.NetworkDispatcher
 	cfg       Config
 	seed      uint64
 	shards    []shard
 	shardMask uint64
-	perShard  int         // sessions per shard
-	timer     tcpip.Timer // nil when FlushDelay < 0
-	armed     atomic.Bool // the timer is set to fire
-	closed    atomic.Bool // Close was called: hold nothing more
-	// off is set while SetMerging has turned merging off; the queues'
-	// engines share their parent's.
-	off *atomic.Bool
-
-	parent *Engine    // set on a queue's engine
-	qmu    sync.Mutex // guards writes to queues
-	queues atomic.Pointer[[]*Engine]
+	perShard  int          // sessions per shard
+	timer     tcpip.Timer  // nil when FlushDelay < 0
+	armed     atomic.Bool  // the timer is set to fire
+	closed    atomic.Bool  // Close was called: hold nothing more
+	off       *atomic.Bool // the Engine's: merging is off
 }
 
 var (
@@ -42,10 +54,15 @@ var (
 	_ rxbatch.FragmentDispatcher = (*Engine)(nil)
 	_ rxbatch.BytesDispatcher    = (*Engine)(nil)
 	_ rxbatch.MultiQueue         = (*Engine)(nil)
+
+	_ stack.NetworkDispatcher    = (*Queue)(nil)
+	_ rxbatch.Flusher            = (*Queue)(nil)
+	_ rxbatch.FragmentDispatcher = (*Queue)(nil)
+	_ rxbatch.BytesDispatcher    = (*Queue)(nil)
 )
 
 // New returns an Engine that delivers to next. It sizes every table once,
-// here; nothing on the per-packet path allocates afterwards.
+// here and in Queue; nothing on the per-packet path allocates afterwards.
 func New(next stack.NetworkDispatcher, cfg Config) (*Engine, error) {
 	if next == nil {
 		return nil, fmt.Errorf("lro: nil dispatcher: %w", ErrInvalidConfig)
@@ -55,13 +72,13 @@ func New(next stack.NetworkDispatcher, cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	cfg.local = rxbatch.LocalityOf(next)
-	return build(next, cfg, new(atomic.Bool)), nil
+	off := new(atomic.Bool)
+	return &Engine{own: newQueue(next, cfg, off), off: off}, nil
 }
 
-// build makes an engine from a checked Config, switched by off (shared
-// with the queues' engines).
-func build(next stack.NetworkDispatcher, cfg Config, off *atomic.Bool) *Engine {
-	e := &Engine{
+// newQueue makes a queue from a checked Config, switched by off.
+func newQueue(next stack.NetworkDispatcher, cfg Config, off *atomic.Bool) *Queue {
+	q := &Queue{
 		next:      next,
 		cfg:       cfg,
 		seed:      rand.Uint64(),
@@ -69,39 +86,62 @@ func build(next stack.NetworkDispatcher, cfg Config, off *atomic.Bool) *Engine {
 		shardMask: uint64(cfg.Shards - 1),
 		off:       off,
 	}
-	e.perShard = (cfg.MaxFlows + cfg.Shards - 1) / cfg.Shards
-	for i := range e.shards {
-		sh := &e.shards[i]
-		sh.init(e.perShard, func(it pending) { e.deliver(sh, &it) })
+	q.perShard = (cfg.MaxFlows + cfg.Shards - 1) / cfg.Shards
+	for i := range q.shards {
+		sh := &q.shards[i]
+		sh.init(q.perShard, func(it pending) { q.deliver(sh, &it) })
 	}
 	if cfg.FlushDelay > 0 {
-		e.timer = cfg.Clock.AfterFunc(time.Hour, e.timerFlush)
-		e.timer.Stop()
+		q.timer = cfg.Clock.AfterFunc(time.Hour, q.timerFlush)
+		q.timer.Stop()
 	}
-	return e
+	return q
+}
+
+// DeliverNetworkPacket implements stack.NetworkDispatcher; see
+// Queue.DeliverNetworkPacket.
+func (e *Engine) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	e.own.DeliverNetworkPacket(proto, pkt)
+}
+
+// DeliverLinkPacket implements stack.NetworkDispatcher; see
+// Queue.DeliverLinkPacket.
+func (e *Engine) DeliverLinkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	e.own.DeliverLinkPacket(proto, pkt)
+}
+
+// DeliverFragments implements rxbatch.FragmentDispatcher; see
+// Queue.DeliverFragments.
+func (e *Engine) DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderLen int, buf buffer.Buffer) {
+	e.own.DeliverFragments(proto, linkHeaderLen, buf)
+}
+
+// DeliverBytes implements rxbatch.BytesDispatcher; see Queue.DeliverBytes.
+func (e *Engine) DeliverBytes(proto tcpip.NetworkProtocolNumber, b []byte) {
+	e.own.DeliverBytes(proto, b)
 }
 
 // DeliverNetworkPacket implements stack.NetworkDispatcher. It does not take
 // the caller's reference: a packet it holds gets a reference of its own,
 // and a merged packet's payload views move to the held packet, leaving pkt
 // empty for the caller to release.
-func (e *Engine) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+func (q *Queue) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
 	r := packetRef{pkt: pkt}
-	e.handle(proto, &r)
+	q.handle(proto, &r)
 }
 
 // DeliverLinkPacket implements stack.NetworkDispatcher by passing pkt on:
 // packets for packet endpoints are never merged.
-func (e *Engine) DeliverLinkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
-	e.next.DeliverLinkPacket(proto, pkt)
+func (q *Queue) DeliverLinkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	q.next.DeliverLinkPacket(proto, pkt)
 }
 
 // DeliverFragments implements rxbatch.FragmentDispatcher. It builds a PacketBuffer
 // only for a packet that passes through or starts a session; a segment
 // that merges costs its views only.
-func (e *Engine) DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderLen int, buf buffer.Buffer) {
+func (q *Queue) DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderLen int, buf buffer.Buffer) {
 	r := packetRef{buf: buf, off: linkHeaderLen}
-	e.handle(proto, &r)
+	q.handle(proto, &r)
 	r.buf.Release() // whatever was not moved into a packet
 }
 
@@ -118,57 +158,57 @@ func (e *Engine) DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderL
 // Its checksums are verified unless the link endpoint below said it
 // verified them (lroendpoint with a lower endpoint reporting
 // stack.CapabilityRXChecksumOffload). End each batch with Flush.
-func (e *Engine) DeliverBytes(proto tcpip.NetworkProtocolNumber, b []byte) {
+func (q *Queue) DeliverBytes(proto tcpip.NetworkProtocolNumber, b []byte) {
 	if b == nil {
 		b = []byte{} // raw marks the path; an empty packet passes
 	}
 	r := packetRef{raw: b}
-	e.handle(proto, &r)
+	q.handle(proto, &r)
 }
 
 // handle is the data path: parse, then classify, then pass through, merge,
 // or flush and hold.
-func (e *Engine) handle(proto tcpip.NetworkProtocolNumber, r *packetRef) {
+func (q *Queue) handle(proto tcpip.NetworkProtocolNumber, r *packetRef) {
 	var s segment
 	v := parseSegment(r, proto, &s)
 	if v != verdictPass {
-		if len(e.shards) > 1 {
-			s.flowHash(e.seed) // picks the shard
+		if len(q.shards) > 1 {
+			s.flowHash(q.seed) // picks the shard
 		}
 		switch {
-		case !verifySegment(r, &s, e.validated(r)):
+		case !verifySegment(r, &s, q.validated(r)):
 			v, s.reason = verdictPass, cPassBadChecksum
-		case v == verdictCandidate && e.refusesECN(&s):
+		case v == verdictCandidate && q.refusesECN(&s):
 			v, s.reason = verdictPassFlow, cPassTCPFlags
-		case s.fragment && e.cfg.ClaimChecksumOffload:
+		case s.fragment && q.cfg.ClaimChecksumOffload:
 			v = verdictPass // dropped by pass: nobody checks it later
-		case v == verdictCandidate && e.off.Load():
+		case v == verdictCandidate && q.off.Load():
 			// Merging is off: the packet goes up as it came, after its
 			// flow's held packet, which was held before the switch.
 			v, s.reason = verdictPassFlow, cPassMergingOff
 		}
 	}
-	sh := &e.shards[s.hash&e.shardMask]
+	sh := &q.shards[s.hash&q.shardMask]
 	switch v {
 	case verdictPass:
-		e.pass(sh, proto, r, s.reason)
+		q.pass(sh, proto, r, s.reason)
 	case verdictPassFlow:
-		e.flushAndPass(sh, proto, r, &s)
+		q.flushAndPass(sh, proto, r, &s)
 	default:
-		e.mergeOrHold(sh, proto, r, &s)
+		q.mergeOrHold(sh, proto, r, &s)
 	}
 }
 
 // validated reports whether the lower endpoint verified r's checksums.
-func (e *Engine) validated(r *packetRef) bool {
-	return e.cfg.TrustChecksums || (r.pkt != nil && r.pkt.RXChecksumValidated)
+func (q *Queue) validated(r *packetRef) bool {
+	return q.cfg.TrustChecksums || (r.pkt != nil && r.pkt.RXChecksumValidated)
 }
 
 // pass delivers a packet that belongs to no session, after the checks that
 // ClaimChecksumOffload owes netstack. Its flow is unknown or it is bad
 // input, so it needs no place in any flow's order and no lane.
-func (e *Engine) pass(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef, reason counter) {
-	if e.cfg.ClaimChecksumOffload && !e.validated(r) {
+func (q *Queue) pass(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef, reason counter) {
+	if q.cfg.ClaimChecksumOffload && !q.validated(r) {
 		if reason == cPassBadChecksum {
 			sh.stats.inc(cDropBadChecksum)
 			return
@@ -179,52 +219,52 @@ func (e *Engine) pass(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef
 		}
 	}
 	it := passItem(proto, r, reason, 0)
-	e.deliver(sh, &it)
+	q.deliver(sh, &it)
 }
 
 // flushAndPass delivers a valid TCP packet that must not merge, after its
 // flow's held packet, so the two arrive in order.
-func (e *Engine) flushAndPass(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment) {
+func (q *Queue) flushAndPass(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment) {
 	sh.mu.Lock()
 	sh.q.reserve(2)
-	e.passAfterFlow(sh, proto, r, s, 2)
+	q.passAfterFlow(sh, proto, r, s, 2)
 }
 
 // passAfterFlow is flushAndPass with sh locked and a reservation of
 // reserved >= 2 made.
 //
 // +checklocksrelease:sh.mu
-func (e *Engine) passAfterFlow(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment, reserved int) {
+func (q *Queue) passAfterFlow(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment, reserved int) {
 	var out [2]pending
 	n := 0
-	if i := sh.lookup(s, e.seed); i >= 0 {
+	if i := sh.lookup(s, q.seed); i >= 0 {
 		out[n] = sh.take(i, cFlushOrder)
 		n++
 	}
-	out[n] = passItem(proto, r, s.reason, s.flowHash(e.seed))
-	e.unlockAndDeliver(sh, out[:n+1], reserved, false)
+	out[n] = passItem(proto, r, s.reason, s.flowHash(q.seed))
+	q.unlockAndDeliver(sh, out[:n+1], reserved, false)
 }
 
 // mergeOrHold runs a candidate segment against its flow's session: merge,
 // or flush and hold, or flush and pass.
-func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment) {
+func (q *Queue) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment) {
 	var out [3]pending // at most: an evicted session, the one s ended or filled, s itself
 	sh.mu.Lock()
 	sh.q.reserve(len(out))
-	i, kept := e.sessionOf(sh, proto, s, len(out))
+	i, kept := q.sessionOf(sh, proto, s, len(out))
 	if !kept {
 		s.reason = cPassNotLocal
-		e.passAfterFlow(sh, proto, r, s, len(out))
+		q.passAfterFlow(sh, proto, r, s, len(out))
 		return
 	}
 	a := actionStart
 	if i >= 0 {
-		a = e.classify(&sh.flows[i].session, s)
+		a = q.classify(&sh.flows[i].session, s)
 	}
 	n := 0
 	switch a {
 	case actionMerge:
-		e.merge(&sh.flows[i].session, s, r)
+		q.merge(&sh.flows[i].session, s, r)
 		sh.merged++
 	case actionPass:
 		// The held packet first, then s as it is (inet_lro: flush, then
@@ -232,21 +272,21 @@ func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pa
 		h := sh.flows[i].hash
 		out[0] = sh.take(i, cFlushOrder)
 		out[1] = passItem(proto, r, cPassOutOfOrder, h)
-		e.unlockAndDeliver(sh, out[:2], len(out), false)
+		q.unlockAndDeliver(sh, out[:2], len(out), false)
 		return
 	case actionStart:
 		if sh.full() {
 			out[n] = sh.take(sh.oldest, cFlushEvict)
 			n++
 		}
-		i = sh.insert(s, e.seed)
-		e.hold(&sh.flows[i].session, proto, r, s)
+		i = sh.insert(s, q.seed)
+		q.hold(&sh.flows[i].session, proto, r, s)
 	default: // the session ends and s starts the next one in its slot
 		out[n] = sessionItem(sh.flows[i].session, a.flushCause(), sh.flows[i].hash)
 		n++
-		e.hold(&sh.flows[i].session, proto, r, s)
+		q.hold(&sh.flows[i].session, proto, r, s)
 	}
-	done := e.done(&sh.flows[i].session, s)
+	done := q.done(&sh.flows[i].session, s)
 	if done {
 		out[n] = sh.take(i, cFlushLimit)
 		n++
@@ -256,9 +296,9 @@ func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pa
 		sh.mu.Unlock()
 		return
 	}
-	e.unlockAndDeliver(sh, out[:n], len(out), false)
+	q.unlockAndDeliver(sh, out[:n], len(out), false)
 	if a != actionMerge && !done {
-		e.armTimer(e.cfg.FlushDelay) // s is held now
+		q.armTimer(q.cfg.FlushDelay) // s is held now
 	}
 }
 
@@ -271,16 +311,16 @@ func (e *Engine) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pa
 // never has a session, so each of its candidate segments is asked.
 //
 // +checklocks:sh.mu
-func (e *Engine) sessionOf(sh *shard, proto tcpip.NetworkProtocolNumber, s *segment, reserve int) (i int32, kept bool) {
-	if i = sh.lookup(s, e.seed); i >= 0 || e.cfg.local == nil {
+func (q *Queue) sessionOf(sh *shard, proto tcpip.NetworkProtocolNumber, s *segment, reserve int) (i int32, kept bool) {
+	if i = sh.lookup(s, q.seed); i >= 0 || q.cfg.local == nil {
 		return i, true
 	}
 	sh.q.unreserve(reserve)
 	sh.mu.Unlock()
-	kept = e.cfg.local.DeliversLocally(proto, s.dst())
+	kept = q.cfg.local.DeliversLocally(proto, s.dst())
 	sh.mu.Lock()
 	sh.q.reserve(reserve)
-	return sh.lookup(s, e.seed), kept
+	return sh.lookup(s, q.seed), kept
 }
 
 // unlockAndDeliver hands items, produced under sh.mu out of a reservation of
@@ -289,7 +329,7 @@ func (e *Engine) sessionOf(sh *shard, proto tcpip.NetworkProtocolNumber, s *segm
 // with every, all that left the table before items.
 //
 // +checklocksrelease:sh.mu
-func (e *Engine) unlockAndDeliver(sh *shard, items []pending, reserved int, every bool) pushed {
+func (q *Queue) unlockAndDeliver(sh *shard, items []pending, reserved int, every bool) pushed {
 	p := sh.q.push(items, reserved, every)
 	sh.mu.Unlock()
 	sh.q.run(items, &p)
@@ -298,22 +338,22 @@ func (e *Engine) unlockAndDeliver(sh *shard, items []pending, reserved int, ever
 
 // deliver finalizes a merged packet, hands it to netstack and drops the
 // engine's reference, if it has one.
-func (e *Engine) deliver(sh *shard, it *pending) {
+func (q *Queue) deliver(sh *shard, it *pending) {
 	finalize(&it.s)
 	sh.stats.inc(cOut)
 	sh.stats.inc(it.s.cause)
 	if it.s.segs > 1 {
 		sh.stats.inc(cMergedPackets)
 	}
-	e.next.DeliverNetworkPacket(it.proto, it.s.pkt)
+	q.next.DeliverNetworkPacket(it.proto, it.s.pkt)
 	if it.owned {
 		it.s.pkt.DecRef()
 	}
 }
 
 // hold makes the packet of s the held packet of session f.
-func (e *Engine) hold(f *session, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment) {
-	e.start(f, s)
+func (q *Queue) hold(f *session, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment) {
+	q.start(f, s)
 	f.grows, f.room, f.lastView = false, nil, 0
 	switch {
 	case r.pkt != nil:
@@ -323,8 +363,8 @@ func (e *Engine) hold(f *session, proto tcpip.NetworkProtocolNumber, r *packetRe
 	default:
 		f.pkt = newPacket(proto, r)
 	}
-	if e.timer != nil {
-		f.heldAt = e.cfg.Clock.NowMonotonic()
+	if q.timer != nil {
+		f.heldAt = q.cfg.Clock.NowMonotonic()
 	}
 	// The headers are rewritten at flush: they must not be shared. A
 	// chunk from a link endpoint is not, and then this copies nothing.

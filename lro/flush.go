@@ -9,27 +9,31 @@ import (
 // flushBatch is how many sessions a flush takes from a shard per lock.
 const flushBatch = 16
 
-// Flush implements rxbatch.Flusher: it delivers every held packet (inet_lro
-// lro_flush_all), of every queue when e is the engine New returned. It
-// returns once they, and any packet another goroutine took out of the
-// table before, have reached netstack, except when it is called from inside
-// netstack on an engine's behalf (a link that delivers synchronously):
-// then it does not wait for other goroutines.
+// Flush implements rxbatch.Flusher: it delivers every held packet of every
+// queue (inet_lro lro_flush_all). It returns once they, and any packet
+// another goroutine took out of a table before, have reached netstack,
+// except when it is called from inside netstack on an engine's behalf (a
+// link that delivers synchronously): then it does not wait for other
+// goroutines.
 func (e *Engine) Flush() {
-	e.flushAll(cFlushBatch)
+	e.own.flushAll(cFlushBatch)
 	for _, q := range e.subqueues() {
 		q.flushAll(cFlushBatch)
 	}
 }
+
+// Flush implements rxbatch.Flusher: it delivers every held packet of q's
+// table, as Engine.Flush does for every queue.
+func (q *Queue) Flush() { q.flushAll(cFlushBatch) }
 
 // Close stops the flush timers and delivers every held packet. Packets
 // that arrive after Close pass through without being held.
 func (e *Engine) Close() {
 	// Closed first, then the queues under qmu: a queue that Queue makes
 	// after this sees e closed, and one made before is in the list.
-	e.closed.Store(true)
+	e.own.closed.Store(true)
 	e.qmu.Lock()
-	qs := append([]*Engine{e}, e.subqueues()...)
+	qs := append([]*Queue{e.own}, e.subqueues()...)
 	e.qmu.Unlock()
 	for _, q := range qs {
 		q.closed.Store(true)
@@ -40,10 +44,10 @@ func (e *Engine) Close() {
 	}
 }
 
-// flushAll delivers every held packet of e's own table.
-func (e *Engine) flushAll(cause counter) {
-	for i := range e.shards {
-		e.flushShard(&e.shards[i], cause, tcpip.MonotonicTime{}, true)
+// flushAll delivers every held packet of q's table.
+func (q *Queue) flushAll(cause counter) {
+	for i := range q.shards {
+		q.flushShard(&q.shards[i], cause, tcpip.MonotonicTime{}, true)
 	}
 }
 
@@ -51,10 +55,10 @@ func (e *Engine) flushAll(cause counter) {
 // of them if every is set, a few at a time so that the lock is never held
 // while netstack runs. It returns how long until the oldest session left
 // is due, or 0 if none is left.
-func (e *Engine) flushShard(sh *shard, cause counter, due tcpip.MonotonicTime, every bool) (next time.Duration) {
+func (q *Queue) flushShard(sh *shard, cause counter, due tcpip.MonotonicTime, every bool) (next time.Duration) {
 	// New sessions may start while we deliver; stop after as many rounds
 	// as the shard has slots, so a busy shard cannot keep us.
-	for range e.perShard/flushBatch + 1 {
+	for range q.perShard/flushBatch + 1 {
 		var out [flushBatch]pending
 		n := 0
 		sh.mu.Lock()
@@ -72,7 +76,7 @@ func (e *Engine) flushShard(sh *shard, cause counter, due tcpip.MonotonicTime, e
 			}
 			j = newer
 		}
-		p := e.unlockAndDeliver(sh, out[:n], len(out), true)
+		p := q.unlockAndDeliver(sh, out[:n], len(out), true)
 		sh.q.wait(&p)
 		if n < len(out) {
 			break
@@ -83,11 +87,11 @@ func (e *Engine) flushShard(sh *shard, cause counter, due tcpip.MonotonicTime, e
 
 // armTimer makes sure the flush timer will fire within d: one timer per
 // batch of holds, not one per packet.
-func (e *Engine) armTimer(d time.Duration) {
-	if e.timer == nil || e.armed.Load() || !e.armed.CompareAndSwap(false, true) {
+func (q *Queue) armTimer(d time.Duration) {
+	if q.timer == nil || q.armed.Load() || !q.armed.CompareAndSwap(false, true) {
 		return
 	}
-	e.timer.Reset(d)
+	q.timer.Reset(d)
 }
 
 // timerFlush runs when the timer fires. It delivers the sessions held for
@@ -97,16 +101,16 @@ func (e *Engine) armTimer(d time.Duration) {
 // wait for its own batch end or its own deadline. The timer is re-armed
 // for the oldest session left. It disarms first, so a packet held while it
 // runs arms the timer again.
-func (e *Engine) timerFlush() {
-	e.armed.Store(false)
-	due := e.cfg.Clock.NowMonotonic().Add(-e.cfg.FlushDelay)
+func (q *Queue) timerFlush() {
+	q.armed.Store(false)
+	due := q.cfg.Clock.NowMonotonic().Add(-q.cfg.FlushDelay)
 	var next time.Duration // until the oldest session left is due; 0: none left
-	for i := range e.shards {
-		if wait := e.flushShard(&e.shards[i], cFlushTimer, due, false); wait > 0 && (next == 0 || wait < next) {
+	for i := range q.shards {
+		if wait := q.flushShard(&q.shards[i], cFlushTimer, due, false); wait > 0 && (next == 0 || wait < next) {
 			next = wait
 		}
 	}
 	if next > 0 {
-		e.armTimer(next)
+		q.armTimer(next)
 	}
 }

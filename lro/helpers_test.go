@@ -12,6 +12,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/netlro/netlro/internal/testpacket"
+	"github.com/netlro/netlro/rxbatch"
 )
 
 // delivered is one packet the engine handed up, copied.
@@ -75,13 +76,20 @@ func (p path) String() string {
 
 // feed hands one raw IP packet to e by path p, as a link endpoint would,
 // and releases what it created.
-func feed(e *Engine, p path, b []byte) { feedProto(e, p, testpacket.Proto(b), b) }
+func feed(e target, p path, b []byte) { feedProto(e, p, testpacket.Proto(b), b) }
+
+// target is what the tests feed: an *Engine or one of its *Queues.
+type target interface {
+	stack.NetworkDispatcher
+	rxbatch.FragmentDispatcher
+	rxbatch.BytesDispatcher
+}
 
 // feedProto is feed with the network protocol given. On the bytes path it
 // copies b into a buffer of its own, as a program reading into a reused
 // buffer has it, and overwrites that buffer as soon as DeliverBytes
 // returns: whatever the engine kept of it would be garbage.
-func feedProto(e *Engine, p path, proto tcpip.NetworkProtocolNumber, b []byte) {
+func feedProto(e target, p path, proto tcpip.NetworkProtocolNumber, b []byte) {
 	switch p {
 	case viaFragments:
 		e.DeliverFragments(proto, 0, buffer.MakeWithData(b))

@@ -40,7 +40,7 @@ func after(a, b uint32) bool { return int32(b-a) < 0 }
 
 // classify decides whether s may join f's session. Each refusal names its
 // rule.
-func (e *Engine) classify(f *session, s *segment) action {
+func (q *Queue) classify(f *session, s *segment) action {
 	// Only the next in-order segment merges (inet_lro tcp_next_seq).
 	// Anything else is a retransmission or a gap: TCP must see it alone.
 	if s.seq != f.nextSeq {
@@ -59,7 +59,7 @@ func (e *Engine) classify(f *session, s *segment) action {
 	if after(f.ack, s.ack) {
 		return actionRestart
 	}
-	if e.cfg.Resegmentable {
+	if q.cfg.Resegmentable {
 		if action, ok := classifyResegmentable(f, s); !ok {
 			return action
 		}
@@ -139,13 +139,13 @@ func sameExtensions(f *session, s *segment) bool {
 // refusesECN reports whether s carries ECE or CWR under inet_lro's rules,
 // which never merge either (lro_tcp_ip_check). Resegmentable mode merges
 // segments that agree on both (classifyResegmentable).
-func (e *Engine) refusesECN(s *segment) bool {
-	return !e.cfg.Resegmentable && s.flags&(header.TCPFlagEce|header.TCPFlagCwr) != 0
+func (q *Queue) refusesECN(s *segment) bool {
+	return !q.cfg.Resegmentable && s.flags&(header.TCPFlagEce|header.TCPFlagCwr) != 0
 }
 
 // start makes s the first segment of session f. pkt holding s is already
 // in f.pkt.
-func (e *Engine) start(f *session, s *segment) {
+func (q *Queue) start(f *session, s *segment) {
 	f.hdr = s.hdr
 	f.v6, f.ipLen, f.tcpLen = s.v6, s.ipLen, s.tcpLen
 	f.segs, f.payload, f.mss, f.sum = 1, s.payload, s.payload, s.sum
@@ -160,14 +160,14 @@ func (e *Engine) start(f *session, s *segment) {
 	// (GRO_LEGACY_MAX_SIZE; gro.c large_max, large_rem), which also keeps
 	// a merged packet within a 65535-byte capture.
 	f.maxPayload = 0xffff - s.ipLen - s.tcpLen
-	if e.cfg.MaxBytes > 0 {
-		f.maxPayload = min(f.maxPayload, e.cfg.MaxBytes)
+	if q.cfg.MaxBytes > 0 {
+		f.maxPayload = min(f.maxPayload, q.cfg.MaxBytes)
 	}
 }
 
 // merge appends s's payload to f's held packet and takes the newest ACK,
 // window and timestamps (inet_lro lro_add_common).
-func (e *Engine) merge(f *session, s *segment, r *packetRef) {
+func (q *Queue) merge(f *session, s *segment, r *packetRef) {
 	if f.segs == 1 && !s.v6 {
 		// The second segment decides whether the IDs stay fixed
 		// (inet_gro_flush's ip_fixedid).
@@ -207,11 +207,11 @@ func appendPayload(f *session, s *segment, r *packetRef) {
 // done reports whether f can take no more segments: MaxSegments reached,
 // or, under Resegmentable rules, a PSH or short segment ended the run as
 // it ends a GRO packet.
-func (e *Engine) done(f *session, s *segment) bool {
-	if f.segs >= e.cfg.MaxSegments || e.closed.Load() {
+func (q *Queue) done(f *session, s *segment) bool {
+	if f.segs >= q.cfg.MaxSegments || q.closed.Load() {
 		return true
 	}
-	return e.cfg.Resegmentable && (f.psh || s.payload < f.mss)
+	return q.cfg.Resegmentable && (f.psh || s.payload < f.mss)
 }
 
 // finalize rewrites the held packet's headers for its merged length: IP

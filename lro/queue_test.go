@@ -306,7 +306,7 @@ func TestParallelDeliverers(t *testing.T) {
 					worstHeld.Store(held)
 				}
 				if k%8 == 7 {
-					e.flushAll(cFlushBatch) // a batch end
+					e.own.flushAll(cFlushBatch) // a batch end
 				}
 			}
 		}()

@@ -294,8 +294,8 @@ func TestConfig(t *testing.T) {
 	require.ErrorIs(t, err, ErrInvalidConfig)
 	e, err := New(discard{}, Config{})
 	require.NoError(t, err)
-	assert.Equal(t, DefaultMaxFlows, e.cfg.MaxFlows)
-	assert.Equal(t, DefaultMaxSegments, e.cfg.MaxSegments)
-	assert.Equal(t, DefaultFlushDelay, e.cfg.FlushDelay)
+	assert.Equal(t, DefaultMaxFlows, e.own.cfg.MaxFlows)
+	assert.Equal(t, DefaultMaxSegments, e.own.cfg.MaxSegments)
+	assert.Equal(t, DefaultFlushDelay, e.own.cfg.FlushDelay)
 	e.Close()
 }

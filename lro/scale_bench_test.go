@@ -13,6 +13,7 @@ import (
 
 	"github.com/netlro/netlro/internal/csum"
 	"github.com/netlro/netlro/internal/testpacket"
+	"github.com/netlro/netlro/rxbatch"
 )
 
 // BenchmarkFlowFlood sends one segment each from a million distinct flows,
@@ -139,7 +140,10 @@ func BenchmarkParallelDeliverers(b *testing.B) {
 			// P, which mixes the per-P buffer pools between the cores.
 			var wg sync.WaitGroup
 			for w := range workers {
-				q := e
+				var q interface {
+					rxbatch.FragmentDispatcher
+					rxbatch.Flusher
+				} = e
 				if mode == "queues" {
 					q = e.queue(w)
 				}

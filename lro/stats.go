@@ -154,7 +154,7 @@ func (c *counters) addTo(s *Stats) {
 
 // Stats returns a snapshot of the engine's counters.
 func (e *Engine) Stats() Stats {
-	s := e.stats()
+	s := e.own.stats()
 	for _, q := range e.subqueues() {
 		s.add(q.stats())
 	}
@@ -162,11 +162,11 @@ func (e *Engine) Stats() Stats {
 }
 
 // stats returns the counters of e's own table.
-func (e *Engine) stats() Stats {
+func (q *Queue) stats() Stats {
 	var s Stats
 	held := 0
-	for i := range e.shards {
-		sh := &e.shards[i]
+	for i := range q.shards {
+		sh := &q.shards[i]
 		sh.mu.Lock()
 		held += sh.n + sh.q.onTheirWay()
 		s.SegmentsMerged += sh.merged

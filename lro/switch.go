@@ -11,9 +11,6 @@ package lro
 // It covers every queue of the engine, and may be called from any
 // goroutine, concurrently with deliveries.
 func (e *Engine) SetMerging(on bool) {
-	if e.parent != nil {
-		e = e.parent
-	}
 	if e.off.Swap(!on) != !on && !on {
 		e.Flush()
 	}
