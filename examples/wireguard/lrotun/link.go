@@ -3,25 +3,15 @@ package lrotun
 import (
 	"os"
 	"sync"
-	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
+	"github.com/netlro/netlro/linkgate"
 	"github.com/netlro/netlro/rxbatch"
 )
-
-// attachment is what link delivers to, swapped whole by Attach.
-type attachment struct {
-	d stack.NetworkDispatcher
-	// bytes is d's DeliverBytes (rxbatch.BytesDispatcher), found by a type
-	// assertion, or nil: the engine reads wireguard-go's buffer where it
-	// lies and copies only what it keeps. TestTransfer checks that the
-	// engine lroendpoint attaches us to has it.
-	bytes rxbatch.BytesDispatcher
-}
 
 // link is the device's side of the NIC: the stack.LinkEndpoint that
 // lroendpoint wraps. Inbound packets come from Device.Write; outbound
@@ -31,10 +21,11 @@ type link struct {
 	tso   bool
 	trust bool
 
-	// attached is read on every delivery without a lock: netstack calls
-	// Attach(nil) holding its own lock, and a delivery that waited for a
-	// lock of ours while netstack's lock is taken could never finish.
-	attached atomic.Pointer[attachment]
+	// gate lets deliveries through to the attached dispatcher without a
+	// lock: netstack calls Attach(nil) holding its own lock, and a
+	// delivery that waited for a lock of ours while netstack's lock is
+	// taken could never finish.
+	gate *linkgate.Gate
 
 	out    chan *stack.PacketBuffer // one reference each, taken by WritePackets
 	closed chan struct{}            // closed by close
@@ -62,24 +53,30 @@ func newLink(mtu uint32, queueLen int, tso, trust bool) *link {
 		mtu:    mtu,
 		tso:    tso,
 		trust:  trust,
+		gate:   linkgate.New(linkgate.Hooks{}), // deliveries run on wireguard-go's goroutines: nothing to start or stop
 		out:    make(chan *stack.PacketBuffer, queueLen),
 		closed: make(chan struct{}),
 	}
 }
 
 // deliver hands b, one IP packet that the caller reuses once deliver
-// returns, to the attached dispatcher.
+// returns, to the attached dispatcher: as bytes where it takes them
+// (rxbatch.BytesDispatcher: the engine reads wireguard-go's buffer where it
+// lies and copies only what it keeps; TestTransfer checks that the engine
+// lroendpoint attaches us to has it), else as a PacketBuffer of its own.
 func (l *link) deliver(proto tcpip.NetworkProtocolNumber, b []byte) {
-	a := l.attached.Load()
-	switch {
-	case a == nil:
-	case a.bytes != nil:
-		a.bytes.DeliverBytes(proto, b)
-	default:
-		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(b)})
-		a.d.DeliverNetworkPacket(proto, pkt)
+	d := l.gate.Enter()
+	if d == nil {
+		return
+	}
+	if bd, ok := d.(rxbatch.BytesDispatcher); ok {
+		bd.DeliverBytes(proto, b)
+	} else {
+		pkt := rxbatch.NewPacket(proto, 0, buffer.MakeWithData(b), l.trust)
+		d.DeliverNetworkPacket(proto, pkt)
 		pkt.DecRef()
 	}
+	l.gate.Leave()
 }
 
 func (l *link) isClosed() bool {
@@ -248,21 +245,12 @@ func (l *link) Capabilities() stack.LinkEndpointCapabilities {
 	return 0
 }
 
-// Attach implements stack.LinkEndpoint. It never waits: a delivery in
-// flight may still reach the old dispatcher, which lroendpoint keeps from
-// the NIC once detached.
-func (l *link) Attach(d stack.NetworkDispatcher) {
-	if d == nil {
-		l.attached.Store(nil)
-		return
-	}
-	a := &attachment{d: d}
-	a.bytes, _ = d.(rxbatch.BytesDispatcher)
-	l.attached.Store(a)
-}
+// Attach implements stack.LinkEndpoint. It never waits for a delivery
+// (linkgate).
+func (l *link) Attach(d stack.NetworkDispatcher) { l.gate.Attach(d) }
 
 // IsAttached implements stack.LinkEndpoint.
-func (l *link) IsAttached() bool { return l.attached.Load() != nil }
+func (l *link) IsAttached() bool { return l.gate.IsAttached() }
 
 // Wait implements stack.LinkEndpoint. Deliveries run on wireguard-go's
 // goroutines, so there is nothing of ours to wait for.
@@ -277,8 +265,9 @@ func (l *link) AddHeader(*stack.PacketBuffer) {}
 // ParseHeader implements stack.LinkEndpoint: there is no link header.
 func (l *link) ParseHeader(*stack.PacketBuffer) bool { return true }
 
-// Close implements stack.LinkEndpoint. The queue is the Device's to close.
-func (l *link) Close() {}
+// Close implements stack.LinkEndpoint: deliveries stop for good. The
+// queue is the Device's to close.
+func (l *link) Close() { l.gate.Close() }
 
 // SetOnCloseAction implements stack.LinkEndpoint.
 func (l *link) SetOnCloseAction(func()) {}

@@ -22,6 +22,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/netlro/netlro/rxbatch"
 )
 
 const testMTU = 1420
@@ -201,9 +203,9 @@ func TestTransfer(t *testing.T) {
 			defer ab.mu.Unlock()
 			assert.Empty(t, ab.bad, "packets the sender's Read returned")
 			assert.Greater(t, ab.maxBatch, 1, "Read returned one packet at a time: TSO packets were not cut into batches")
-			a := db.link.attached.Load()
-			require.NotNil(t, a)
-			assert.NotNil(t, a.bytes, "Write does not use the engine's bytes path")
+			attached := db.link.gate.Dispatcher()
+			require.NotNil(t, attached)
+			assert.Implements(t, (*rxbatch.BytesDispatcher)(nil), attached, "Write does not use the engine's bytes path")
 			st := db.Stats()
 			assert.NotZero(t, st.MergedPackets, "the receiver merged nothing: %+v", st)
 			assert.Zero(t, st.PassBadChecksum, "segments with bad checksums reached the receiver")
