@@ -26,6 +26,8 @@ type endpointSys struct {
 	// stopped; every dispatch loop polls it with its fd.
 	stopFD int
 	tx     writer
+	// newRing sets up a fd's io_uring: newURingSource, or a test's.
+	newRing func(fd, stopFD, batch, bufSize int, stopping *atomic.Bool) (*uringSource, error)
 }
 
 // link is one fd the endpoint reads and writes.
@@ -102,6 +104,7 @@ func newEndpointProbe(opts *Options, probe func() error) (*Endpoint, error) {
 		return nil, fmt.Errorf("fdbased: eventfd: %w", err)
 	}
 	e.sys.stopFD = stopFD
+	e.sys.newRing = newURingSource
 	e.sys.tx.vnet, e.sys.tx.linkHdr = e.vnet, e.hdrSize
 	for i := range e.sys.links {
 		l := &e.sys.links[i]

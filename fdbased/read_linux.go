@@ -82,7 +82,7 @@ func (r *reader) run() tcpip.Error {
 // still fail to be set up (locked memory, a ring of this size).
 func (r *reader) startRing() *uringSource {
 	r.bufs.refill(r.e.bufSize(), r.e.hdrSize) // the ring's buffers are as large
-	u, err := newURingSource(r.l.fd, r.stopFD, len(r.bufs.msgs), r.bufs.size, &r.e.stopping)
+	u, err := r.e.sys.newRing(r.l.fd, r.stopFD, len(r.bufs.msgs), r.bufs.size, &r.e.stopping)
 	c := *r.l.choice.Load()
 	if err != nil {
 		c.Source, c.Why, c.Fallback = SourceRead, whyRingSetup+err.Error(), err

@@ -3,6 +3,7 @@ package fdbased
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -161,4 +162,38 @@ func TestSourceString(t *testing.T) {
 	assert.Error(t, got.UnmarshalText([]byte("mmap")))
 	c := SourceChoice{FD: 7, Source: SourceRead, Why: whyForced}
 	assert.Equal(t, "fd 7: read (forced by Options.Source)", c.String())
+}
+
+// TestRingSetupFallback: where the probe at New found io_uring usable but
+// a fd's ring then fails to be set up when dispatch starts, the fd is
+// read with read(2), and Sources says so and why; at the next Attach,
+// with a ring that sets up, it is io_uring again.
+func TestRingSetupFallback(t *testing.T) {
+	if err := probeURing(); err != nil {
+		t.Skipf("skipping: io_uring unavailable here: %v", err)
+	}
+	ours, peer := newPipe(t)
+	e := newTestEndpoint(t, &Options{FDs: []int{ours}, MTU: 1500})
+	require.Equal(t, SourceIOUring, e.Sources()[0].Source)
+	errSetup := fmt.Errorf("io_uring buffers: %w", unix.ENOMEM)
+	e.sys.newRing = func(int, int, int, int, *atomic.Bool) (*uringSource, error) { return nil, errSetup }
+
+	r := newRecorder()
+	e.Attach(fragDispatcher{r})
+	writeFrame(t, peer, makeFrame(300, false, "", 0))
+	waitFrames(t, e, r, 1)
+	c := e.Sources()[0]
+	assert.Equal(t, SourceRead, c.Source)
+	assert.ErrorIs(t, c.Fallback, unix.ENOMEM)
+	assert.Equal(t, whyRingSetup+errSetup.Error(), c.Why)
+	assert.Zero(t, e.Stats().RingBatches)
+
+	e.Attach(nil)
+	e.sys.newRing = newURingSource // read when a dispatch goroutine starts, after the next Attach
+	e.Attach(fragDispatcher{r})
+	writeFrame(t, peer, makeFrame(300, false, "", 1))
+	waitFrames(t, e, r, 2)
+	waitUntil(t, "a ring batch", nil, func() bool { return e.Stats().RingBatches > 0 })
+	assert.Equal(t, SourceChoice{FD: ours, Source: SourceIOUring, Why: whyRing}, e.Sources()[0])
+	require.Len(t, r.frames(), 2)
 }
