@@ -198,3 +198,55 @@ func testWriteAllocs(t *testing.T, vnet bool) {
 	require.False(t, failed, "WritePackets or the peer's read failed")
 	require.Zero(t, allocs, "allocations per WritePackets of %d packets", packets)
 }
+
+// TestNonSocketAllocs checks that reading and dispatching frames from a
+// non-socket allocates nothing once the pools are warm, with read(2) and
+// with io_uring (the default for a TAP or TUN device where the kernel
+// allows it). The fd is a pipe, written one frame at a time, so that each
+// read returns one frame.
+func TestNonSocketAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector makes sync.Pool drop items, so pooled views allocate")
+	}
+	for _, src := range []Source{SourceRead, SourceIOUring} {
+		t.Run(src.String(), func(t *testing.T) {
+			if src == SourceIOUring {
+				if err := probeURing(); err != nil {
+					t.Skipf("skipping: io_uring unavailable here: %v", err)
+				}
+			}
+			ours, peer := newPipe(t)
+			e := newTestEndpoint(t, &Options{FDs: []int{ours}, MTU: 1500, Source: src})
+			d := newCountingDispatcher()
+			e.Attach(countingFragDispatcher{d})
+			frame := makeFrame(1500, false, "", 1)
+			guard := time.NewTimer(waitLimit)
+			defer guard.Stop()
+			timedOut := false
+			allocs := testing.AllocsPerRun(200, func() {
+				if timedOut {
+					return
+				}
+				d.target.Add(1)
+				if _, err := unix.Write(peer, frame); err != nil {
+					panic(err)
+				}
+				guard.Reset(waitLimit)
+				select {
+				case <-d.done:
+				case <-guard.C:
+					timedOut = true
+				}
+			})
+			require.False(t, timedOut, "frames not delivered within %v", waitLimit)
+			require.Zero(t, allocs, "allocations per frame")
+			require.Equal(t, src, e.Sources()[0].Source)
+			if src == SourceIOUring {
+				waitUntil(t, "the last batch to be counted as a ring batch", nil, func() bool {
+					st := e.Stats()
+					return st.RingBatches == st.Batches && st.Batches > 0
+				})
+			}
+		})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -196,4 +197,71 @@ func BenchmarkLRO(b *testing.B) {
 			b.ReportMetric(float64(total)/float64(c.packets.Load()), "merged/packet")
 		})
 	}
+}
+
+// BenchmarkSuperPacketCost weighs what SourceAuto decides for
+// Options.VNetHdr: io_uring would save a TCP super-packet's read(2) its
+// system call (a read that finds nothing, "syscall"), and would add a
+// copy of up to 64 KiB from the ring's buffer into the packet's views
+// ("copy64k"), which read(2) puts there directly. For comparison, the
+// copy of an MTU-sized frame, which io_uring pays on every frame
+// ("copy1514"). Each reports the thread's CPU time per operation
+// (cpu-ns/op) besides the wall time, which a loaded machine inflates.
+//
+//	go test -run '^$' -bench SuperPacketCost -count 5 ./fdbased
+func BenchmarkSuperPacketCost(b *testing.B) {
+	for _, size := range []int{1514, 65550} {
+		name := "copy1514"
+		if size > 1514 {
+			name = "copy64k"
+		}
+		b.Run(name, func(b *testing.B) {
+			ring := make([]byte, size)
+			views := newRxBufs(1, true)
+			views.refill(1514+1, header.EthernetMinimumSize)
+			defer views.free()
+			b.SetBytes(int64(size))
+			cpu := startThreadCPU(b)
+			for b.Loop() {
+				// As a ring's frame would be put: the view, then the spare.
+				n := copy(views.views[0].AsSlice(), ring)
+				copy(views.spares[0].AsSlice(), ring[n:])
+			}
+			cpu.report(b)
+		})
+	}
+	b.Run("syscall", func(b *testing.B) {
+		var p [2]int
+		require.NoError(b, unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC))
+		defer unix.Close(p[0])
+		defer unix.Close(p[1])
+		var buf [1]byte
+		cpu := startThreadCPU(b)
+		for b.Loop() {
+			unix.RawSyscall(unix.SYS_READ, uintptr(p[0]), uintptr(unsafe.Pointer(&buf[0])), 1)
+		}
+		cpu.report(b)
+	})
+}
+
+// threadCPU measures the CPU time of the benchmark's thread, to which it
+// locks the goroutine until report.
+type threadCPU struct{ start time.Duration }
+
+func startThreadCPU(b *testing.B) threadCPU {
+	runtime.LockOSThread()
+	return threadCPU{start: threadCPUTime(b)}
+}
+
+// report reports the thread's CPU time per operation since start.
+func (c threadCPU) report(b *testing.B) {
+	used := threadCPUTime(b) - c.start
+	runtime.UnlockOSThread()
+	b.ReportMetric(float64(used.Nanoseconds())/float64(b.N), "cpu-ns/op")
+}
+
+func threadCPUTime(b *testing.B) time.Duration {
+	var ts unix.Timespec
+	require.NoError(b, unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts))
+	return time.Duration(ts.Nano())
 }

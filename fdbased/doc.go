@@ -34,9 +34,18 @@
 // Supported fds: a SOCK_SEQPACKET or SOCK_DGRAM unix socket (one end of a
 // socketpair), an AF_PACKET socket, or a TAP device opened with
 // IFF_TAP|IFF_NO_PI (set Options.EthernetHeader) or a TUN device opened
-// with IFF_TUN|IFF_NO_PI. Sockets are read with recvmmsg and written with
-// sendmmsg; other fds are read with read until EAGAIN and written with
-// writev, one packet per call.
+// with IFF_TUN|IFF_NO_PI. Sockets are written with sendmmsg, other fds
+// with writev, one packet per call.
+//
+// Each fd is read the cheapest way it can be, unless Options.Source says
+// otherwise (Source): a socket with recvmmsg, a batch per call; a TAP or
+// TUN device with an io_uring multishot read, a batch per call and one
+// copy of each frame, where New's probe finds that the kernel lets this
+// process use io_uring (Linux 6.7, neither the kernel.io_uring_disabled
+// sysctl nor a seccomp profile forbidding it), and with read(2) until
+// EAGAIN, one call per frame, otherwise; with read(2) too with
+// Options.VNetHdr, which puts each super-packet straight into its views.
+// Endpoint.Sources says which each fd got and why.
 //
 // With Options.VNetHdr, every frame comes after a virtio_net_hdr (a TAP or
 // TUN device opened with IFF_VNET_HDR, an AF_PACKET socket with

@@ -60,13 +60,18 @@ type Options struct {
 	// them.
 	TXChecksumOffload bool
 
-	// IOUring makes the endpoint read non-socket fds (TAP, TUN) with an
-	// io_uring multishot read into a ring of buffers: one system call per
-	// batch instead of one read(2) per frame, at the cost of one copy of
-	// each frame into its view. It needs Linux 6.7; where io_uring cannot
-	// be set up, the endpoint reads with read(2). Sockets always use
-	// recvmmsg.
-	IOUring bool
+	// Source says how the fds are read. The zero value, SourceAuto, picks
+	// per fd the cheapest way the fd and the kernel allow: recvmmsg for a
+	// socket; for a TAP or TUN device an io_uring multishot read, one
+	// system call per batch, where New's probe finds that the kernel lets
+	// this process use io_uring (Linux 6.7, not turned off by the
+	// kernel.io_uring_disabled sysctl or a seccomp profile), and read(2)
+	// otherwise; read(2) (readv) with VNetHdr. Another value forces that
+	// source, and New refuses an fd it cannot read that way (recvmmsg is
+	// for sockets, io_uring for the rest, read for any) and SourceIOUring
+	// where io_uring is unavailable. Endpoint.Sources says what each fd got
+	// and why.
+	Source Source
 
 	// VNetHdr says that every frame on the fds is preceded by a 10-byte
 	// struct virtio_net_hdr, in the host's byte order: a TAP or TUN device
@@ -90,7 +95,7 @@ type Options struct {
 	// partial, and the header asks the kernel to segment them and complete
 	// the checksum, so sending costs one write per 64 KiB too.
 	//
-	// Not with IOUring.
+	// Not with SourceIOUring.
 	VNetHdr bool
 
 	// ClosedFunc, if not nil, is called when a dispatch loop ends on its
@@ -111,7 +116,6 @@ type Options struct {
 type Endpoint struct {
 	hdrSize   int // link header length: 0 or header.EthernetMinimumSize
 	batchSize int
-	iouring   bool
 	vnet      bool // Options.VNetHdr
 	caps      stack.LinkEndpointCapabilities
 	closedFn  func(tcpip.Error)
@@ -289,6 +293,14 @@ func (e *Endpoint) SupportedGSO() stack.SupportedGSO {
 		return stack.HostGSOSupported
 	}
 	return stack.GSONotSupported
+}
+
+// Sources says how each fd is read, in the order of Options.FDs, and
+// why. A fd that SourceAuto or SourceIOUring gave io_uring is reported
+// as read with read(2) if its ring could not be set up when dispatch
+// started.
+func (e *Endpoint) Sources() []SourceChoice {
+	return e.sys.sources()
 }
 
 // Stats returns a snapshot of the endpoint's counters.

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/rawfile"
@@ -25,25 +26,40 @@ type endpointSys struct {
 	// stopped; every dispatch loop polls it with its fd.
 	stopFD int
 	tx     writer
+	// newRing sets up a fd's io_uring: newURingSource, or a test's.
+	newRing func(fd, stopFD, batch, bufSize int, stopping *atomic.Bool) (*uringSource, error)
 }
 
 // link is one fd the endpoint reads and writes.
 type link struct {
 	fd       int
 	isSocket bool
-	r        *reader // reads fd; used only by fd's dispatch goroutine
+	// ring says that fd is read with io_uring, if its ring can be set
+	// up when dispatch starts, and with read(2) if not.
+	ring bool
+	// planned is the source New chose for fd.
+	planned SourceChoice
+	// choice is what Sources reports for fd: planned, or read(2) and
+	// why after the dispatch goroutine failed to set up a ring.
+	choice atomic.Pointer[SourceChoice]
+	r      *reader // reads fd; used only by fd's dispatch goroutine
 }
 
 // newEndpoint checks opts and builds an Endpoint, with every buffer the
 // dispatch loops need except the views, which they take on their first
 // batch.
 func newEndpoint(opts *Options) (*Endpoint, error) {
+	return newEndpointProbe(opts, probeURing)
+}
+
+// newEndpointProbe is newEndpoint with probe telling whether io_uring can
+// be used: tests give one that says it cannot.
+func newEndpointProbe(opts *Options, probe func() error) (*Endpoint, error) {
 	if err := checkOptions(opts); err != nil {
 		return nil, err
 	}
 	e := &Endpoint{
 		batchSize: opts.BatchSize,
-		iouring:   opts.IOUring,
 		vnet:      opts.VNetHdr,
 		closedFn:  opts.ClosedFunc,
 		addr:      opts.Address,
@@ -62,12 +78,23 @@ func newEndpoint(opts *Options) (*Endpoint, error) {
 	if opts.TXChecksumOffload {
 		e.caps |= stack.CapabilityTXChecksumOffload
 	}
-	for _, fd := range opts.FDs {
+	e.sys.links = make([]link, len(opts.FDs))
+	ringErr := errNotProbed
+	for i, fd := range opts.FDs {
 		isSocket, err := checkFD(fd)
 		if err != nil {
 			return nil, err
 		}
-		e.sys.links = append(e.sys.links, link{fd: fd, isSocket: isSocket})
+		if ringErr == errNotProbed && !isSocket && !opts.VNetHdr && (opts.Source == SourceAuto || opts.Source == SourceIOUring) {
+			ringErr = probe() // once, and only for a fd that could use it
+		}
+		c, err := chooseSource(fd, isSocket, opts, ringErr)
+		if err != nil {
+			return nil, err
+		}
+		l := &e.sys.links[i]
+		l.fd, l.isSocket, l.ring, l.planned = fd, isSocket, c.Source == SourceIOUring, c
+		l.choice.Store(&l.planned)
 	}
 	if err := joinFanout(e.sys.links); err != nil {
 		return nil, err
@@ -77,10 +104,11 @@ func newEndpoint(opts *Options) (*Endpoint, error) {
 		return nil, fmt.Errorf("fdbased: eventfd: %w", err)
 	}
 	e.sys.stopFD = stopFD
+	e.sys.newRing = newURingSource
 	e.sys.tx.vnet, e.sys.tx.linkHdr = e.vnet, e.hdrSize
 	for i := range e.sys.links {
 		l := &e.sys.links[i]
-		l.r = newReader(e, l.fd, l.isSocket, i, stopFD, e.batchSize)
+		l.r = newReader(e, l, i, stopFD, e.batchSize)
 	}
 	return e, nil
 }
@@ -96,12 +124,60 @@ func checkOptions(opts *Options) error {
 		return fmt.Errorf("fdbased: MTU 0: %w", ErrInvalidOptions)
 	case opts.BatchSize < 0 || opts.BatchSize > maxBatchSize:
 		return fmt.Errorf("fdbased: BatchSize %d not in [0, %d]: %w", opts.BatchSize, maxBatchSize, ErrInvalidOptions)
-	case opts.VNetHdr && opts.IOUring:
-		return fmt.Errorf("fdbased: VNetHdr with IOUring: %w", ErrInvalidOptions)
+	case opts.Source >= numSources:
+		return fmt.Errorf("fdbased: Source %v unknown: %w", opts.Source, ErrInvalidOptions)
+	case opts.VNetHdr && opts.Source == SourceIOUring:
+		return fmt.Errorf("fdbased: VNetHdr with SourceIOUring: %w", ErrInvalidOptions)
 	case opts.EthernetHeader && opts.Address != "" && len(opts.Address) != header.EthernetAddressSize:
 		return fmt.Errorf("fdbased: Address %q is %d bytes, want %d: %w", opts.Address, len(opts.Address), header.EthernetAddressSize, ErrInvalidOptions)
 	}
 	return nil
+}
+
+// errNotProbed stands for io_uring's probe before it has run.
+var errNotProbed = errors.New("fdbased: io_uring not probed")
+
+// chooseSource returns how fd is to be read under opts, or why it cannot
+// be read the way opts forces. ringErr is why io_uring cannot be used
+// (nil if it can); it is probed only for a fd that could use it.
+func chooseSource(fd int, isSocket bool, opts *Options, ringErr error) (SourceChoice, error) {
+	c := SourceChoice{FD: fd, Source: opts.Source, Why: whyForced}
+	switch opts.Source {
+	case SourceAuto:
+	case SourceRecvmmsg:
+		if !isSocket {
+			return c, fmt.Errorf("fdbased: fd %d: SourceRecvmmsg reads sockets, and it is none: %w", fd, ErrInvalidOptions)
+		}
+		return c, nil
+	case SourceRead:
+		return c, nil
+	case SourceIOUring:
+		if isSocket {
+			return c, fmt.Errorf("fdbased: fd %d: SourceIOUring reads non-sockets (TAP, TUN), and it is a socket: %w", fd, ErrInvalidOptions)
+		}
+		if ringErr != nil {
+			return c, fmt.Errorf("fdbased: fd %d: SourceIOUring: %w", fd, ringErr)
+		}
+		return c, nil
+	}
+	switch {
+	case isSocket:
+		return SourceChoice{FD: fd, Source: SourceRecvmmsg, Why: whySocket}, nil
+	case opts.VNetHdr:
+		return SourceChoice{FD: fd, Source: SourceRead, Why: whyVNet}, nil
+	case ringErr != nil:
+		return SourceChoice{FD: fd, Source: SourceRead, Why: whyNoRing + ringErr.Error(), Fallback: ringErr}, nil
+	}
+	return SourceChoice{FD: fd, Source: SourceIOUring, Why: whyRing}, nil
+}
+
+// sources implements Endpoint.Sources.
+func (s *endpointSys) sources() []SourceChoice {
+	cs := make([]SourceChoice, len(s.links))
+	for i := range s.links {
+		cs[i] = *s.links[i].choice.Load()
+	}
+	return cs
 }
 
 // checkFD makes fd non-blocking and reports whether it is a socket. It
@@ -132,7 +208,8 @@ func joinFanout(links []link) error {
 		return nil
 	}
 	id := int32(-1)
-	for _, l := range links {
+	for i := range links {
+		l := &links[i]
 		isPacket, err := gfdbased.IsPacketSocket(l.fd, l.isSocket)
 		if err != nil {
 			return fmt.Errorf("fdbased: fd %d: %w", l.fd, err)

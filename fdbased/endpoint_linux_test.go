@@ -18,6 +18,7 @@ import (
 func TestNewRejects(t *testing.T) {
 	seq, _ := socketPair(t, unix.SOCK_SEQPACKET)
 	stream, _ := socketPair(t, unix.SOCK_STREAM)
+	pipe, _ := newPipe(t)
 	closed, _ := socketPair(t, unix.SOCK_SEQPACKET)
 	dup, err := unix.Dup(closed)
 	require.NoError(t, err)
@@ -35,6 +36,10 @@ func TestNewRejects(t *testing.T) {
 		{"batch past UIO_MAXIOV", &Options{FDs: []int{seq}, MTU: 1500, BatchSize: maxBatchSize + 1}, true},
 		{"short MAC", &Options{FDs: []int{seq}, MTU: 1500, EthernetHeader: true, Address: "\x02\x00"}, true},
 		{"stream socket", &Options{FDs: []int{stream}, MTU: 1500}, true},
+		{"unknown source", &Options{FDs: []int{seq}, MTU: 1500, Source: numSources}, true},
+		{"recvmmsg on a pipe", &Options{FDs: []int{pipe}, MTU: 1500, Source: SourceRecvmmsg}, true},
+		{"io_uring on a socket", &Options{FDs: []int{seq}, MTU: 1500, Source: SourceIOUring}, true},
+		{"VNetHdr with io_uring", &Options{FDs: []int{pipe}, MTU: 1500, VNetHdr: true, Source: SourceIOUring}, true},
 		{"closed fd", &Options{FDs: []int{dup}, MTU: 1500}, false},
 	}
 	for _, tc := range tests {
@@ -191,20 +196,25 @@ func TestCloseRunsOnCloseAction(t *testing.T) {
 }
 
 func TestClosedFunc(t *testing.T) {
+	seqpacket := func(t *testing.T) (int, int) {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+		require.NoError(t, err)
+		return fds[0], fds[1]
+	}
+	pipe := func(t *testing.T) (int, int) {
+		var p [2]int
+		require.NoError(t, unix.Pipe2(p[:], unix.O_CLOEXEC))
+		return p[0], p[1]
+	}
 	tests := []struct {
-		name string
-		pair func(t *testing.T) (ours, peer int)
+		name   string
+		pair   func(t *testing.T) (ours, peer int)
+		source Source
 	}{
-		{"seqpacket peer closes", func(t *testing.T) (int, int) {
-			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-			require.NoError(t, err)
-			return fds[0], fds[1]
-		}},
-		{"pipe writer closes", func(t *testing.T) (int, int) {
-			var p [2]int
-			require.NoError(t, unix.Pipe2(p[:], unix.O_CLOEXEC))
-			return p[0], p[1]
-		}},
+		{"seqpacket peer closes", seqpacket, SourceAuto},
+		{"seqpacket peer closes, read(2)", seqpacket, SourceRead},
+		{"pipe writer closes", pipe, SourceAuto},
+		{"pipe writer closes, read(2)", pipe, SourceRead},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -212,7 +222,7 @@ func TestClosedFunc(t *testing.T) {
 			defer unix.Close(ours)
 			base := runtime.NumGoroutine()
 			closed := make(chan tcpip.Error, 1)
-			e := newTestEndpoint(t, &Options{FDs: []int{ours}, MTU: 1500, ClosedFunc: func(err tcpip.Error) { closed <- err }})
+			e := newTestEndpoint(t, &Options{FDs: []int{ours}, MTU: 1500, Source: tc.source, ClosedFunc: func(err tcpip.Error) { closed <- err }})
 			r := newRecorder()
 			e.Attach(fragDispatcher{r})
 			const frames = 5
@@ -249,9 +259,14 @@ func TestNoFDLeak(t *testing.T) {
 		return len(ents)
 	}
 	ours, _ := socketPair(t, unix.SOCK_SEQPACKET)
+	pipe, _ := newPipe(t)
 	before := count()
 	for i := range 50 {
-		le, err := New(&Options{FDs: []int{ours}, MTU: 1500, IOUring: i%2 == 1})
+		opts := &Options{FDs: []int{ours}, MTU: 1500}
+		if i%2 == 1 {
+			opts.FDs = []int{pipe} // io_uring, where the kernel allows it
+		}
+		le, err := New(opts)
 		require.NoError(t, err)
 		le.Attach(newRecorder())
 		le.Attach(nil)

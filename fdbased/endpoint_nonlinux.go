@@ -14,6 +14,9 @@ import (
 // endpointSys is empty: without Linux there is nothing to read.
 type endpointSys struct{}
 
+// sources implements Endpoint.Sources: without Linux there are none.
+func (endpointSys) sources() []SourceChoice { return nil }
+
 // newEndpoint fails: the endpoint needs Linux's recvmmsg, sendmmsg and
 // eventfd.
 func newEndpoint(*Options) (*Endpoint, error) {

@@ -179,15 +179,17 @@ type kernelLink struct {
 	ethernet  bool // frames carry an Ethernet header
 	isSocket  bool
 	rxOffload bool
-	iouring   bool // read with Options.IOUring
-	vnet      bool // Options.VNetHdr, the device sends TCP super-packets
+	source    Source // Options.Source
+	noRing    bool   // New's io_uring probe says no, as a seccomp profile would
+	vnet      bool   // Options.VNetHdr, the device sends TCP super-packets
 }
 
 var kernelLinks = []kernelLink{
 	{name: "tap", open: openTUNTAPLink("tap0", unix.IFF_TAP), ethernet: true},
 	{name: "tun", open: openTUNTAPLink("tun0", unix.IFF_TUN)},
-	{name: "tap-iouring", open: openTUNTAPLink("tap0", unix.IFF_TAP), ethernet: true, iouring: true},
-	{name: "tun-iouring", open: openTUNTAPLink("tun0", unix.IFF_TUN), iouring: true},
+	{name: "tap-read", open: openTUNTAPLink("tap0", unix.IFF_TAP), ethernet: true, source: SourceRead},
+	{name: "tun-read", open: openTUNTAPLink("tun0", unix.IFF_TUN), source: SourceRead},
+	{name: "tap-noring", open: openTUNTAPLink("t22tap0", unix.IFF_TAP), ethernet: true, noRing: true},
 	{name: "tap-tso", open: openTUNTAPLink("tap0", unix.IFF_TAP|unix.IFF_VNET_HDR), ethernet: true, vnet: true},
 	{name: "tun-tso", open: openTUNTAPLink("tun0", unix.IFF_TUN|unix.IFF_VNET_HDR), vnet: true},
 	{name: "af_packet", open: openPacketLink(1), ethernet: true, isSocket: true, rxOffload: true},
@@ -304,16 +306,20 @@ type kernelStack struct {
 // newKernelStack builds the namespace, kl's link and a netstack with
 // stackAddr on it, torn down when the test ends.
 func newKernelStack(t *testing.T, kl kernelLink, withLRO bool) kernelStack {
-	if kl.iouring {
-		requireURing(t)
-	}
 	ns, nsFD := newNetns(t)
 	ip(t, "-n", ns, "link", "set", "lo", "up")
 	fds := kl.open(t, ns, nsFD)
 
-	ep, err := New(&Options{FDs: fds, MTU: 1500, EthernetHeader: kl.ethernet, Address: ourMAC, RXChecksumOffload: kl.rxOffload, IOUring: kl.iouring, VNetHdr: kl.vnet})
+	probe := probeURing
+	if kl.noRing {
+		probe = func() error { return errProbeRefused }
+	}
+	ep, err := newEndpointProbe(&Options{FDs: fds, MTU: 1500, EthernetHeader: kl.ethernet, Address: ourMAC, RXChecksumOffload: kl.rxOffload, Source: kl.source, VNetHdr: kl.vnet}, probe)
 	require.NoError(t, err)
 	require.Equal(t, kl.isSocket, ep.sys.links[0].isSocket, "read with recvmmsg if and only if a socket")
+	for _, c := range ep.Sources() {
+		require.Equal(t, kl.wantSource(), c.Source, "%v", c)
+	}
 	if len(fds) > 1 {
 		// One PACKET_FANOUT_HASH group for all, so that a flow stays
 		// on one socket.
@@ -426,7 +432,11 @@ func testKernelStream(t *testing.T, kl kernelLink, withLRO bool, size int) {
 	assert.NotZero(t, st.Batches)
 	assert.NotZero(t, st.Written, "netstack's ACKs and ARP replies went out through the endpoint")
 	assert.Zero(t, st.DroppedOversized)
-	if kl.iouring {
+	for _, c := range ep.Sources() {
+		t.Logf("fdbased: %v", c)
+		assert.Equal(t, kl.wantSource(), c.Source, "after the stream: %v", c)
+	}
+	if kl.wantSource() == SourceIOUring {
 		// A batch is counted before it is counted as a ring batch, and the
 		// stream's end may reach us in between: wait for the count to
 		// settle. A batch read any other way would never let them meet.
@@ -450,19 +460,18 @@ func testKernelStream(t *testing.T, kl kernelLink, withLRO bool, size int) {
 	}
 }
 
-// requireURing skips the test where the kernel cannot do the io_uring
-// multishot read that Options.IOUring uses.
-func requireURing(t *testing.T) {
-	t.Helper()
-	var p [2]int
-	require.NoError(t, unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC))
-	defer unix.Close(p[0])
-	defer unix.Close(p[1])
-	u, err := newURing(p[0], p[1], 2, 64)
-	if err != nil {
-		t.Skipf("skipping: io_uring: %v", err)
+// wantSource is the source kl's fds are read with: the one forced, else
+// what SourceAuto picks here.
+func (kl kernelLink) wantSource() Source {
+	switch {
+	case kl.source != SourceAuto:
+		return kl.source
+	case kl.isSocket:
+		return SourceRecvmmsg
+	case kl.vnet || kl.noRing || probeURing() != nil:
+		return SourceRead
 	}
-	u.close()
+	return SourceIOUring
 }
 
 // TestKernelStreamOut has netstack behind this endpoint send a TCP stream
@@ -475,7 +484,7 @@ func TestKernelStreamOut(t *testing.T) {
 	requireNetAdmin(t)
 	size := streamSize()
 	for _, kl := range kernelLinks {
-		if kl.isSocket || kl.iouring {
+		if kl.isSocket || kl.source != SourceAuto || kl.noRing {
 			continue // the same writes as "tap" and "tun"
 		}
 		t.Run(kl.name, func(t *testing.T) {

@@ -21,14 +21,13 @@ import (
 //
 // A reader is used by its fd's dispatch goroutine only.
 type reader struct {
-	e        *Endpoint
-	fd       int
-	isSocket bool
-	queue    int // the fd's index in Options.FDs: its receive queue
-	stopFD   int
-	bufs     rxBufs
-	// src reads the fd with recvmmsg or read(2); run may read it with
-	// io_uring instead.
+	e      *Endpoint
+	l      *link // the fd it reads
+	queue  int   // the fd's index in Options.FDs: its receive queue
+	stopFD int
+	bufs   rxBufs
+	// src reads the fd with recvmmsg or read(2); run reads it with
+	// io_uring instead where l.ring says so and the ring can be set up.
 	src source
 	// vnetDrops counts the packets the kernel dropped for want of a
 	// virtio_net_hdr; nil without Options.VNetHdr.
@@ -36,17 +35,17 @@ type reader struct {
 	b         batch // the current batch, kept here so it is not allocated
 }
 
-// newReader returns a reader of fd, receive queue queue, with room for
+// newReader returns a reader of l, receive queue queue, with room for
 // batch frames per batch.
-func newReader(e *Endpoint, fd int, isSocket bool, queue, stopFD, batch int) *reader {
-	r := &reader{e: e, fd: fd, isSocket: isSocket, queue: queue, stopFD: stopFD, bufs: newRxBufs(batch, e.vnet)}
+func newReader(e *Endpoint, l *link, queue, stopFD, batch int) *reader {
+	r := &reader{e: e, l: l, queue: queue, stopFD: stopFD, bufs: newRxBufs(batch, e.vnet)}
 	if e.vnet {
 		r.vnetDrops = &e.stats
 	}
-	if isSocket {
-		r.src = newMMsgSource(fd, stopFD)
+	if l.isSocket && l.planned.Source == SourceRecvmmsg {
+		r.src = newMMsgSource(l.fd, stopFD)
 	} else {
-		r.src = newReadSource(fd, stopFD, r.vnetDrops)
+		r.src = newReadSource(l.fd, stopFD, l.isSocket, r.vnetDrops)
 	}
 	return r
 }
@@ -57,16 +56,14 @@ func newReader(e *Endpoint, fd int, isSocket bool, queue, stopFD, batch int) *re
 func (r *reader) run() tcpip.Error {
 	defer r.bufs.free()
 	src, ring := r.src, false
-	if r.e.iouring && !r.isSocket {
+	if r.l.ring {
 		// Completions are task work of the submitting thread.
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		r.bufs.refill(r.e.bufSize(), r.e.hdrSize) // the ring's buffers are as large
-		if u, err := newURingSource(r.fd, r.stopFD, len(r.bufs.msgs), r.bufs.size, &r.e.stopping); err == nil {
+		if u := r.startRing(); u != nil {
 			defer u.close()
 			src, ring = u, true
 		}
-		// Without io_uring (older kernel, seccomp), read(2) does.
 	}
 	for {
 		n, err := r.read(src)
@@ -77,6 +74,25 @@ func (r *reader) run() tcpip.Error {
 			return &tcpip.ErrClosedForReceive{}
 		}
 	}
+}
+
+// startRing sets up the io_uring that reads the fd, or returns nil and
+// reports that read(2) reads it instead, and why, in the fd's
+// SourceChoice. The probe at New found io_uring usable, but a ring may
+// still fail to be set up (locked memory, a ring of this size).
+func (r *reader) startRing() *uringSource {
+	r.bufs.refill(r.e.bufSize(), r.e.hdrSize) // the ring's buffers are as large
+	u, err := r.e.sys.newRing(r.l.fd, r.stopFD, len(r.bufs.msgs), r.bufs.size, &r.e.stopping)
+	c := *r.l.choice.Load()
+	if err != nil {
+		c.Source, c.Why, c.Fallback = SourceRead, whyRingSetup+err.Error(), err
+		r.l.choice.Store(&c)
+		return nil
+	}
+	if c.Fallback != nil { // a ring failed before, at an earlier Attach
+		r.l.choice.Store(&r.l.planned)
+	}
+	return u
 }
 
 // read waits until the fd has frames, then reads every frame ready, up to

@@ -25,27 +25,30 @@ var socketTypes = []struct {
 
 // TestFrameSizes sends a frame of every size from empty to past the
 // buffer, and checks that each is delivered whole or dropped and counted,
-// on both paths, with and without Ethernet.
+// on both paths, with and without Ethernet, read with recvmmsg (the
+// default for a socket) and with read(2), forced.
 func TestFrameSizes(t *testing.T) {
 	const mtu = 1500
 	for _, st := range socketTypes {
-		for _, eth := range []bool{false, true} {
-			for _, dk := range dispatcherKinds {
-				t.Run(fmt.Sprintf("%s/ethernet=%t/%s", st.name, eth, dk.name), func(t *testing.T) {
-					testFrameSizes(t, st.typ, eth, mtu, dk.make)
-				})
+		for _, src := range []Source{SourceRecvmmsg, SourceRead} {
+			for _, eth := range []bool{false, true} {
+				for _, dk := range dispatcherKinds {
+					t.Run(fmt.Sprintf("%s/%s/ethernet=%t/%s", st.name, src, eth, dk.name), func(t *testing.T) {
+						testFrameSizes(t, st.typ, src, eth, mtu, dk.make)
+					})
+				}
 			}
 		}
 	}
 }
 
-func testFrameSizes(t *testing.T, typ int, eth bool, mtu int, makeDispatcher func(*recorder) stack.NetworkDispatcher) {
+func testFrameSizes(t *testing.T, typ int, src Source, eth bool, mtu int, makeDispatcher func(*recorder) stack.NetworkDispatcher) {
 	ours, peer := socketPair(t, typ)
 	hdr := 0
 	if eth {
 		hdr = header.EthernetMinimumSize
 	}
-	e := newTestEndpoint(t, &Options{FDs: []int{ours}, MTU: uint32(mtu), EthernetHeader: eth, Address: ourMAC})
+	e := newTestEndpoint(t, &Options{FDs: []int{ours}, MTU: uint32(mtu), EthernetHeader: eth, Address: ourMAC, Source: src})
 	r := newRecorder()
 	d := makeDispatcher(r)
 	e.Attach(d)

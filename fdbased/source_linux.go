@@ -60,21 +60,35 @@ func (p *poller) wait() (stopped, hup bool, errno unix.Errno) {
 	return false, rev&(unix.POLLHUP|unix.POLLERR) != 0, 0
 }
 
+// hupPoller tells a socket's end of file from an empty message: it polls
+// the socket, without waiting, for a hang-up.
+type hupPoller struct {
+	pfd [1]unix.PollFd
+}
+
+func newHupPoller(fd int) hupPoller {
+	return hupPoller{pfd: [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}}}
+}
+
+// hungUp reports whether the socket's peer is gone (a seqpacket socket
+// then returns an empty message per call).
+func (h *hupPoller) hungUp() bool {
+	h.pfd[0].Revents = 0
+	if _, err := unix.Poll(h.pfd[:], 0); err != nil {
+		return false
+	}
+	return h.pfd[0].Revents&(unix.POLLHUP|unix.POLLRDHUP|unix.POLLERR|unix.POLLNVAL) != 0
+}
+
 // mmsgSource reads a socket with recvmmsg, a batch per system call.
 type mmsgSource struct {
 	fd int
 	poller
-	// hup is polled, without waiting, to tell a socket's end of file
-	// from an empty message.
-	hup [1]unix.PollFd
+	hup hupPoller
 }
 
 func newMMsgSource(fd, stopFD int) *mmsgSource {
-	return &mmsgSource{
-		fd:     fd,
-		poller: newPoller(fd, stopFD),
-		hup:    [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN | unix.POLLRDHUP}},
-	}
+	return &mmsgSource{fd: fd, poller: newPoller(fd, stopFD), hup: newHupPoller(fd)}
 }
 
 // read implements source.
@@ -90,27 +104,30 @@ func (s *mmsgSource) read(b *rxBufs) (int, unix.Errno) {
 // atEOF implements source: an empty message is the end when the peer is
 // gone (a seqpacket socket then returns one per call), and otherwise an
 // empty datagram.
-func (s *mmsgSource) atEOF() bool {
-	s.hup[0].Revents = 0
-	if _, err := unix.Poll(s.hup[:], 0); err != nil {
-		return false
-	}
-	return s.hup[0].Revents&(unix.POLLHUP|unix.POLLRDHUP|unix.POLLERR|unix.POLLNVAL) != 0
-}
+func (s *mmsgSource) atEOF() bool { return s.hup.hungUp() }
 
 // readSource reads a non-socket fd (TAP, TUN, pipe) with read(2), or
 // readv(2) when each frame comes after a virtio_net_hdr, one frame per
-// system call until the fd has no more.
+// system call until the fd has no more; a socket too, where
+// Options.Source forces it.
 type readSource struct {
 	fd int
 	poller
 	// vnet counts the packets the kernel dropped for want of a
 	// virtio_net_hdr (Options.VNetHdr); nil without.
 	vnet *counters
+	// hup, for a socket, tells its end from an empty message; nil for
+	// any other fd, where a read of 0 bytes is the end.
+	hup *hupPoller
 }
 
-func newReadSource(fd, stopFD int, vnet *counters) *readSource {
-	return &readSource{fd: fd, poller: newPoller(fd, stopFD), vnet: vnet}
+func newReadSource(fd, stopFD int, isSocket bool, vnet *counters) *readSource {
+	s := &readSource{fd: fd, poller: newPoller(fd, stopFD), vnet: vnet}
+	if isSocket {
+		h := newHupPoller(fd)
+		s.hup = &h
+	}
+	return s
 }
 
 // read implements source. A read of 0 bytes, the end of the fd, is a
@@ -152,8 +169,9 @@ func (s *readSource) readOne(b *rxBufs, k int) (int, unix.Errno) {
 	}
 }
 
-// atEOF implements source: a read of 0 bytes is always the end.
-func (*readSource) atEOF() bool { return true }
+// atEOF implements source: a read of 0 bytes is the end, except from a
+// socket whose peer is still there (an empty datagram).
+func (s *readSource) atEOF() bool { return s.hup == nil || s.hup.hungUp() }
 
 // vnetDropped reports whether errno, from a read, says that the kernel
 // dropped a packet it could not describe in a virtio_net_hdr (a GSO type

@@ -44,7 +44,7 @@ type Stats struct {
 	GSOFrames uint64
 
 	// RingBatches is the number of those batches read through io_uring
-	// (Options.IOUring) rather than read(2). Each is counted just after
+	// (SourceIOUring) rather than read(2). Each is counted just after
 	// its batch is, so a snapshot may count a batch but not yet its ring.
 	RingBatches uint64
 

@@ -1,6 +1,7 @@
 package fdbased
 
 import (
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"unsafe"
@@ -9,7 +10,7 @@ import (
 )
 
 // uringSource reads a non-socket fd (TAP, TUN) with one io_uring
-// multishot read (Options.IOUring): the kernel reads each frame into a
+// multishot read (SourceIOUring): the kernel reads each frame into a
 // buffer of a provided-buffer ring as it arrives, and a batch costs one
 // io_uring_enter instead of one read(2) per frame, the system call that
 // dominates a TAP reader's cost. It needs Linux 6.7
@@ -149,7 +150,7 @@ func newURing(fd, stopFD, bufs, bufSize int) (*uring, error) {
 	p.cqEntries = uint32(2 * bufs)
 	rfd, _, errno := unix.Syscall(sysIOUringSetup, 4, uintptr(unsafe.Pointer(&p)), 0)
 	if errno != 0 {
-		return nil, fmt.Errorf("fdbased: io_uring_setup: %w", errno)
+		return nil, fmt.Errorf("io_uring_setup: %w", errno)
 	}
 	u := &uring{fd: int(rfd), src: fd, bufs: bufs, bufSize: bufSize}
 	if err := u.setup(&p, fd, stopFD); err != nil {
@@ -160,7 +161,7 @@ func newURing(fd, stopFD, bufs, bufSize int) (*uring, error) {
 }
 
 func (u *uring) setup(p *uringParams, fd, stopFD int) error {
-	if err := u.probe(); err != nil {
+	if err := probeOps(u.fd); err != nil {
 		return err
 	}
 	if err := u.mapRings(p); err != nil {
@@ -176,15 +177,15 @@ func (u *uring) setup(p *uringParams, fd, stopFD int) error {
 
 func (u *uring) mapRings(p *uringParams) error {
 	if p.features&uringFeatSingleMmap == 0 {
-		return fmt.Errorf("fdbased: io_uring without IORING_FEAT_SINGLE_MMAP")
+		return fmt.Errorf("io_uring without IORING_FEAT_SINGLE_MMAP")
 	}
 	size := max(int(p.sqOff.array)+int(p.sqEntries)*4, int(p.cqOff.cqes)+int(p.cqEntries)*int(unsafe.Sizeof(uringCQE{})))
 	var err error
 	if u.ringMem, err = unix.Mmap(u.fd, uringOffSQRing, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE); err != nil {
-		return fmt.Errorf("fdbased: io_uring rings: %w", err)
+		return fmt.Errorf("io_uring rings: %w", err)
 	}
 	if u.sqeMem, err = unix.Mmap(u.fd, uringOffSQEs, int(p.sqEntries)*int(unsafe.Sizeof(uringSQE{})), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_POPULATE); err != nil {
-		return fmt.Errorf("fdbased: io_uring SQEs: %w", err)
+		return fmt.Errorf("io_uring SQEs: %w", err)
 	}
 	u32 := func(mem []byte, off uint32) *uint32 { return (*uint32)(unsafe.Pointer(&mem[off])) }
 	u.sqTail, u.sqMask = u32(u.ringMem, p.sqOff.tail), u32(u.ringMem, p.sqOff.ringMask)
@@ -195,17 +196,33 @@ func (u *uring) mapRings(p *uringParams) error {
 	return nil
 }
 
-// probe checks that the kernel knows the multishot read (Linux 6.7): an
-// older one would fail the read in its first completion instead.
-func (u *uring) probe() error {
+// probeURing reports why this process cannot read with io_uring, or nil
+// if it can: io_uring_setup fails where the kernel.io_uring_disabled
+// sysctl or a seccomp profile forbids io_uring (EPERM, ENOSYS), and a
+// kernel before 6.7 has no multishot read. New calls it once, and only
+// for an endpoint with a fd that could use it.
+func probeURing() error {
+	var p uringParams
+	fd, _, errno := unix.Syscall(sysIOUringSetup, 1, uintptr(unsafe.Pointer(&p)), 0)
+	if errno != 0 {
+		return fmt.Errorf("io_uring_setup: %w", errno)
+	}
+	defer unix.Close(int(fd))
+	return probeOps(int(fd))
+}
+
+// probeOps checks that the kernel knows the multishot read (Linux 6.7)
+// on ring ringFD: an older one would fail the read in its first
+// completion instead.
+func probeOps(ringFD int) error {
 	const ops = 256
 	var buf [16 + ops*8]byte // struct io_uring_probe and its ops
-	if _, _, errno := unix.Syscall6(sysIOUringRegister, uintptr(u.fd), uringRegisterProbe, uintptr(unsafe.Pointer(&buf[0])), ops, 0, 0); errno != 0 {
-		return fmt.Errorf("fdbased: io_uring probe: %w", errno)
+	if _, _, errno := unix.Syscall6(sysIOUringRegister, uintptr(ringFD), uringRegisterProbe, uintptr(unsafe.Pointer(&buf[0])), ops, 0, 0); errno != 0 {
+		return fmt.Errorf("io_uring probe: %w", errno)
 	}
 	lastOp, flags := buf[0], buf[16+uringOpReadMultishot*8+2]
 	if lastOp < uringOpReadMultishot || flags&uringOpSupported == 0 {
-		return fmt.Errorf("fdbased: io_uring has no multishot read (Linux 6.7)")
+		return errors.New("io_uring has no multishot read (Linux 6.7)")
 	}
 	return nil
 }
@@ -214,14 +231,14 @@ func (u *uring) probe() error {
 func (u *uring) registerBuffers() error {
 	var err error
 	if u.bufRingMem, err = unix.Mmap(-1, 0, u.bufs*16, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err != nil {
-		return fmt.Errorf("fdbased: io_uring buffer ring: %w", err)
+		return fmt.Errorf("io_uring buffer ring: %w", err)
 	}
 	if u.bufMem, err = unix.Mmap(-1, 0, u.bufs*u.bufSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err != nil {
-		return fmt.Errorf("fdbased: io_uring buffers: %w", err)
+		return fmt.Errorf("io_uring buffers: %w", err)
 	}
 	reg := uringBufReg{ringAddr: uint64(uintptr(unsafe.Pointer(&u.bufRingMem[0]))), ringEntries: uint32(u.bufs), bgid: uringBufGroup}
 	if _, _, errno := unix.Syscall6(sysIOUringRegister, uintptr(u.fd), uringRegisterPbuf, uintptr(unsafe.Pointer(&reg)), 1, 0, 0); errno != 0 {
-		return fmt.Errorf("fdbased: io_uring provided buffers: %w", errno)
+		return fmt.Errorf("io_uring provided buffers: %w", errno)
 	}
 	for bid := range u.bufs {
 		u.addBuffer(uint16(bid))

@@ -128,13 +128,6 @@ func TestVNetHdrWrite(t *testing.T) {
 	}
 }
 
-// TestVNetHdrWithIOUring: the two are refused together.
-func TestVNetHdrWithIOUring(t *testing.T) {
-	fd, _ := socketPair(t, unix.SOCK_SEQPACKET)
-	_, err := New(&Options{FDs: []int{fd}, MTU: 1500, VNetHdr: true, IOUring: true})
-	assert.ErrorIs(t, err, ErrInvalidOptions)
-}
-
 // TestVNetReadEINVAL: a read that the kernel fails with EINVAL for a
 // packet it could not describe in a virtio_net_hdr is a dropped frame, not
 // the end of the fd; without VNetHdr it is an error like any other.

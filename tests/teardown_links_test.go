@@ -75,9 +75,10 @@ func gvisorFdbasedLeak(processors int) int {
 func tdLowers() []tdLower {
 	return []tdLower{
 		{name: "fdbased-recvmmsg", setup: socketpairRows(newOurSocketEndpoint)},
-		{name: "fdbased-read", setup: tapRows(false, false)},
-		{name: "fdbased-iouring", setup: tapRows(false, true)},
-		{name: "fdbased-vnethdr", setup: tapRows(true, false)},
+		{name: "fdbased-read", setup: tapRows(false, fdbased.SourceRead)},
+		{name: "fdbased-iouring", setup: tapRows(false, fdbased.SourceIOUring)},
+		{name: "fdbased-auto", setup: tapRows(false, fdbased.SourceAuto)},
+		{name: "fdbased-vnethdr", setup: tapRows(true, fdbased.SourceAuto)},
 		{name: "gvisor-fdbased", setup: socketpairRows(newGVisorEndpoint(0)), leakedGoroutines: gvisorFdbasedLeak(0)},
 		{name: "gvisor-fdbased-1proc", setup: socketpairRows(newGVisorEndpoint(1))},
 		{name: "channel", setup: channelRows},
@@ -152,26 +153,26 @@ func newSocketpairLink(newRx func(fd int) (stack.LinkEndpoint, error)) (*tdLink,
 // tapRows returns the setup of a row of this project's fdbased on a TAP
 // device: the receiver's TAP and the peer's, both in a bridge, in a
 // network namespace made for the row. vnet opens the receiver's TAP with
-// IFF_VNET_HDR and its offloads on (Options.VNetHdr); iouring reads it
-// with Options.IOUring. The peer is gVisor's fdbased on its own TAP.
+// IFF_VNET_HDR and its offloads on (Options.VNetHdr); src is how it is
+// read (Options.Source). The peer is gVisor's fdbased on its own TAP.
 //
 // The two TAP devices serve iteration after iteration, as a NIC outlives
 // its netstacks: what an iteration's stacks left in flight reaches the
 // next one's, which resets it. Only after a hang, whose endpoint keeps
 // its fd, does the next iteration get a new pair.
-func tapRows(vnet, iouring bool) func(t *testing.T) func(i int) (*tdLink, error) {
+func tapRows(vnet bool, src fdbased.Source) func(t *testing.T) func(i int) (*tdLink, error) {
 	return func(t *testing.T) func(i int) (*tdLink, error) {
 		if err := tapns.Check(); err != nil {
 			t.Skipf("skipping: TAP devices in a network namespace: %v", err)
 		}
-		if iouring {
+		if src == fdbased.SourceIOUring {
 			if err := probeURing(); err != nil {
 				t.Skipf("skipping: io_uring: %v", err)
 			}
 		}
 		p := &tapPair{ns: newBridgeNamespace(t), vnet: vnet, rxFD: -1, peerFD: -1}
 		t.Cleanup(p.close)
-		return func(i int) (*tdLink, error) { return p.link(i, iouring) }
+		return func(i int) (*tdLink, error) { return p.link(i, src) }
 	}
 }
 
@@ -215,7 +216,7 @@ func (p *tapPair) close() {
 
 // link makes iteration i's endpoints on the pair, opening a new pair
 // first if the last one was left to a hung endpoint.
-func (p *tapPair) link(i int, iouring bool) (*tdLink, error) {
+func (p *tapPair) link(i int, src fdbased.Source) (*tdLink, error) {
 	if p.rxFD < 0 {
 		if err := p.open(i); err != nil {
 			return nil, err
@@ -226,7 +227,7 @@ func (p *tapPair) link(i int, iouring bool) (*tdLink, error) {
 		MTU:            tdMTU,
 		EthernetHeader: true,
 		Address:        tdMACRx,
-		IOUring:        iouring,
+		Source:         src,
 		VNetHdr:        p.vnet,
 	})
 	if err != nil {
@@ -291,8 +292,9 @@ func ipBatch(ns string, cmds ...string) error {
 }
 
 // probeURing reports why this project's fdbased cannot read with
-// io_uring here, or nil: Options.IOUring falls back to read(2) without a
-// word, so the probe reads one frame from a pipe and checks that it came
+// io_uring here, or nil: New refuses SourceIOUring where its probe finds
+// io_uring unavailable, and a ring that fails to be set up falls back to
+// read(2), so this reads one frame from a pipe and checks that it came
 // through the ring.
 func probeURing() error {
 	var p [2]int
@@ -301,7 +303,7 @@ func probeURing() error {
 	}
 	defer unix.Close(p[1])
 	defer unix.Close(p[0])
-	e, err := fdbased.New(&fdbased.Options{FDs: []int{p[0]}, MTU: tdMTU, IOUring: true})
+	e, err := fdbased.New(&fdbased.Options{FDs: []int{p[0]}, MTU: tdMTU, Source: fdbased.SourceIOUring})
 	if err != nil {
 		return err
 	}

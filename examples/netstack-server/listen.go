@@ -55,7 +55,7 @@ func runListen(ctx context.Context, o options, stdout io.Writer) error {
 		pcap = f
 	}
 	addr := tcpip.AddrFromSlice(ap.Addr().Unmap().AsSlice())
-	link := iperf.LinkOptions{FD: fd, MTU: uint32(o.mtu), EthernetHeader: true, Address: netstackMAC, VNetHdr: o.tso}
+	link := iperf.LinkOptions{FD: fd, MTU: uint32(o.mtu), EthernetHeader: true, Address: netstackMAC, Source: o.source, VNetHdr: o.tso}
 	rs, err := iperf.NewReceiverStack(mode, link, pcap, addr)
 	if err != nil {
 		return err
@@ -68,6 +68,9 @@ func runListen(ctx context.Context, o options, stdout io.Writer) error {
 
 	fmt.Fprintf(stdout, "netstack-server: iperf3 server (%s) on %s, TAP device %s, MAC %s, MTU %d\n",
 		mode, net.JoinHostPort(addr.String(), strconv.Itoa(int(ap.Port()))), o.tapName, net.HardwareAddr(netstackMAC), o.mtu)
+	for _, c := range rs.Link.Sources() {
+		fmt.Fprintf(stdout, "this project's fdbased reads %v\n", c)
+	}
 	fmt.Fprintf(stdout, "run: iperf3 -c %s -p %d   (Ctrl-C stops the server)\n", ap.Addr(), ap.Port())
 	srv := iperf3.NewServer(iperf3.Options{
 		Logf:      func(format string, args ...any) { fmt.Fprintf(stdout, format+"\n", args...) },

@@ -39,7 +39,7 @@
 //
 //	netstack-server [-time 3s | -bytes 1G] [-mode M] [-streams N] [-ipv6]
 //	                [-mtu 1500] [-impair PROFILE] [-json] [-cpuprofile F] [-pcap F]
-//	netstack-server -tap [-iouring | -tso] [-cc cubic] [same flags]
+//	netstack-server -tap [-source S | -tso] [-cc cubic] [same flags]
 //	netstack-server -listen 192.0.2.2:5201 -tap-name tap0 [-mode M]
 //	netstack-server -soak 10m [-soak-cycle 3s] [-soak-stream 2M] [-soak-hang 10s]
 //	                [-streams 8] [-mode netlro] [-impair mixed] [-v] [-json]
@@ -60,6 +60,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/netlro/netlro/fdbased"
 	"github.com/netlro/netlro/internal/bench/iperf"
 )
 
@@ -81,7 +82,7 @@ type options struct {
 	pcap       string
 	seed       uint64
 	tap        bool
-	iouring    bool
+	source     fdbased.Source
 	tso        bool
 	cc         string
 	listen     string
@@ -115,7 +116,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.pcap, "pcap", "", "capture what the receiver's netstack receives (after merging) to `file`; with several rows, one file per row")
 	fs.Uint64Var(&o.seed, "seed", 1, "seed of the pseudo-random payload")
 	fs.BoolVar(&o.tap, "tap", false, "the Linux kernel's TCP sends, from a network namespace through a TAP device (root)")
-	fs.BoolVar(&o.iouring, "iouring", false, "with -tap: this project's fdbased reads the TAP device with io_uring (one system call per batch)")
+	sourceFlag := fs.String("source", "auto", "with -tap: how this project's fdbased reads the TAP device: auto (io_uring where the kernel allows it, else read; read with -tso), read (one read(2) per frame) or io_uring (one system call per batch)")
 	fs.BoolVar(&o.tso, "tso", false, "with -tap or -listen: the TAP device takes TCP super-packets (IFF_VNET_HDR, TSO on), read by this project's fdbased with VNetHdr; its rows only")
 	fs.StringVar(&o.cc, "cc", "cubic", "with -tap: the kernel sender's TCP congestion control (TCP_CONGESTION on its sockets; Linux's default is cubic, whatever the machine's sysctl says)")
 	fs.StringVar(&o.listen, "listen", "", "serve the iperf3 protocol at `addr:port` on the TAP device -tap-name")
@@ -133,6 +134,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "netstack-server: unexpected arguments %q\n", fs.Args())
 		return exitUsage
 	}
+	src, perr := parseSource(*sourceFlag)
+	if perr != nil {
+		fmt.Fprintf(stderr, "netstack-server: -source: %v\n", perr)
+		return exitUsage
+	}
+	o.source = src
 	if *bytesFlag != "" {
 		n, err := parseBytes(*bytesFlag)
 		if err != nil {
@@ -294,8 +301,8 @@ func tableConfig(o options) (iperf.Config, []iperf.Mode, error) {
 		if !o.tap {
 			return cfg, nil, usageError{"-tso goes with -tap (or -listen): it is a TAP device's offload"}
 		}
-		if o.iouring {
-			return cfg, nil, usageError{"-tso with -iouring: this project's fdbased reads a virtio_net_hdr with read(2) only"}
+		if o.source == fdbased.SourceIOUring {
+			return cfg, nil, usageError{"-tso with -source io_uring: this project's fdbased reads a virtio_net_hdr with read(2) only"}
 		}
 		// gVisor's fdbased reads a virtio_net_hdr only from a socket.
 		modes = []iperf.Mode{iperf.ModeFdbased, iperf.ModeNetlro, iperf.ModeNetlroReseg, iperf.ModeNetlroOffload}
@@ -329,8 +336,18 @@ func newRunEnv(ctx context.Context, cfg iperf.Config, o options) (env runEnv, cl
 	if err != nil {
 		return nil, nil, err
 	}
-	tenv.iouring = o.iouring
+	tenv.source = o.source
 	return tenv, tenv.Close, nil
+}
+
+// parseSource returns the fdbased.Source named s: auto, read or io_uring.
+func parseSource(s string) (fdbased.Source, error) {
+	for _, src := range []fdbased.Source{fdbased.SourceAuto, fdbased.SourceRead, fdbased.SourceIOUring} {
+		if s == src.String() {
+			return src, nil
+		}
+	}
+	return 0, fmt.Errorf("unknown source %q: want auto, read or io_uring", s)
 }
 
 // openPcap points cfg.Pcap at the capture file of cfg's row, if asked for.

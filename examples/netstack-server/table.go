@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -111,6 +112,7 @@ func (t *table) finish(results []iperf.Result) error {
 	}
 	t.tw.Flush()
 	fmt.Fprint(t.w, legend)
+	t.sources(results)
 	engines := false
 	for _, r := range results {
 		if r.LRO != nil {
@@ -127,6 +129,23 @@ func (t *table) finish(results []iperf.Result) error {
 		}
 	}
 	return nil
+}
+
+// sources prints how this project's fdbased read its fd in each of its
+// rows, and why, once per distinct choice.
+func (t *table) sources(results []iperf.Result) {
+	var lines []string
+	for _, r := range results {
+		for _, c := range r.Sources {
+			line := fmt.Sprintf("%s (%s)", c.Source, c.Why)
+			if !slices.Contains(lines, line) {
+				lines = append(lines, line)
+			}
+		}
+	}
+	for _, line := range lines {
+		fmt.Fprintf(t.w, "\nthis project's fdbased read with %s\n", line)
+	}
 }
 
 // legend explains the table's columns, and which of its figures to trust.

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 	"gvisor.dev/gvisor/pkg/tcpip"
 
+	"github.com/netlro/netlro/fdbased"
 	"github.com/netlro/netlro/internal/bench/iperf"
 	"github.com/netlro/netlro/internal/bench/tapns"
 )
@@ -24,10 +25,10 @@ var netstackMAC = tcpip.LinkAddress("\x02\x00\x00\x00\x00\x02")
 // namespace, through a TAP device the namespace holds, into netstack. The
 // sender runs in a child process started inside the namespace.
 type tapEnv struct {
-	ns      *tapns.Namespace
-	iouring bool   // this project's fdbased reads the TAP with io_uring
-	tso     bool   // the TAP takes TCP super-packets behind a virtio_net_hdr
-	cc      string // the kernel sender's congestion control
+	ns     *tapns.Namespace
+	source fdbased.Source // how this project's fdbased reads the TAP
+	tso    bool           // the TAP takes TCP super-packets behind a virtio_net_hdr
+	cc     string         // the kernel sender's congestion control
 }
 
 // newTapEnv creates the namespace and the TAP device. Without the
@@ -91,14 +92,14 @@ func (t *tapEnv) describe(cfg iperf.Config, o options) string {
 	if t.tso {
 		tso = " (TSO: super-packets of up to 64 KiB)"
 	}
-	return fmt.Sprintf("the Linux kernel's TCP (%s) sends from network namespace %s through TAP device %s%s into netstack\n%s",
-		t.cc, t.ns.Name, t.ns.IfName, tso, describeRun(cfg))
+	return fmt.Sprintf("the Linux kernel's TCP (%s) sends from network namespace %s through TAP device %s%s into netstack; this project's fdbased reads it with -source %s\n%s",
+		t.cc, t.ns.Name, t.ns.IfName, tso, t.source, describeRun(cfg))
 }
 
 func (t *tapEnv) run(ctx context.Context, cfg iperf.Config) (iperf.Result, error) {
 	_, receiver := cfg.Addrs()
 	remote := net.JoinHostPort(receiver.String(), strconv.Itoa(iperf.Port))
-	link := iperf.LinkOptions{FD: t.ns.FD, EthernetHeader: true, Address: netstackMAC, IOUring: t.iouring, VNetHdr: t.tso}
+	link := iperf.LinkOptions{FD: t.ns.FD, EthernetHeader: true, Address: netstackMAC, Source: t.source, VNetHdr: t.tso}
 	return iperf.RunReceiver(ctx, cfg, link, func(ctx context.Context) (iperf.SendResult, error) {
 		return startSender(ctx, senderJob{Config: cfg, Kernel: true, Remote: remote, CC: t.cc}, t.ns.ExecPrefix(), nil)
 	})

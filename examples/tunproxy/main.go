@@ -184,6 +184,8 @@ type Report struct {
 	LRO        *lro.Stats     `json:"lro,omitempty"`
 	MergeRatio float64        `json:"merge_ratio,omitempty"` // packets in per packet out of netlro
 	FD         *fdbased.Stats `json:"fdbased,omitempty"`
+	// Sources says how this project's fdbased read the TUN device, and why.
+	Sources []fdbased.SourceChoice `json:"sources,omitempty"`
 }
 
 // newReport collects the counters of p, which ran for wall using cpu.
@@ -198,6 +200,7 @@ func newReport(p *proxy.Proxy, path proxy.Path, wall, cpu time.Duration) Report 
 	if fs, ok := p.FDStats(); ok {
 		r.FD = &fs
 	}
+	r.Sources = p.Sources()
 	return r
 }
 
@@ -212,6 +215,9 @@ func (r Report) print(w io.Writer) {
 	fmt.Fprintf(w, "CPU %.2f s, %.3f CPU s/GB relayed\n", r.CPU, r.CPUPerGB)
 	if fs := r.FD; fs != nil {
 		fmt.Fprintf(w, "fdbased: %d frames in %d batches (%.1f per batch), %d super-packets\n", fs.Frames, fs.Batches, fs.MeanBatch(), fs.GSOFrames)
+	}
+	for _, c := range r.Sources {
+		fmt.Fprintf(w, "fdbased reads %v\n", c)
 	}
 	if r.LRO != nil {
 		fmt.Fprintf(w, "netlro: %v\n", *r.LRO)

@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/netlro/netlro/examples/tunproxy/proxy"
+	"github.com/netlro/netlro/fdbased"
 	"github.com/netlro/netlro/internal/bench/iperf"
 )
 
@@ -37,6 +38,15 @@ var (
 // receive path, and prints Gbit/s and the proxy's CPU seconds per GB side
 // by side. CI runs a few paths for a second each; -tunproxy.full runs
 // every path with 1 and 8 streams.
+// pathSources are the sources this project's fdbased reads the TUN
+// device with on each path where it is sure: forced, or (netlro-vnet)
+// what the default picks with a virtio_net_hdr.
+var pathSources = map[proxy.Path]fdbased.Source{
+	proxy.PathNetlroRead:  fdbased.SourceRead,
+	proxy.PathNetlroURing: fdbased.SourceIOUring,
+	proxy.PathNetlroVNet:  fdbased.SourceRead,
+}
+
 func TestIperf3ThroughProxy(t *testing.T) {
 	skipUnlessNetns(t, true)
 	tp := newTopo(t)
@@ -76,6 +86,12 @@ func TestIperf3ThroughProxy(t *testing.T) {
 				require.Positive(t, got.Bytes, "%s: iperf3 received nothing", name)
 				assert.Zero(t, rep.Proxy.Active, "%s: connections left open", name)
 				rw := row{path: path, streams: n, reverse: reverse, gbps: got.BitsPerSecond / 1e9, cpuPerGB: cpu.Seconds() / (float64(got.Bytes) / 1e9)}
+				for _, c := range rep.Sources {
+					t.Logf("%s: fdbased reads %v", name, c)
+					if want, ok := pathSources[path]; ok {
+						assert.Equal(t, want, c.Source, "%s: the source its path asks for", name)
+					}
+				}
 				if rep.LRO != nil {
 					rw.merge = fmt.Sprintf("%.1f:1", rep.MergeRatio)
 					t.Logf("%s: netlro %v", name, *rep.LRO)

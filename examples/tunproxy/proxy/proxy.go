@@ -224,10 +224,17 @@ func (p *Proxy) newLink() error {
 			return fmt.Errorf("tunproxy: %s: gVisor fdbased: %w", cfg.Path, err)
 		}
 	case PathNetlroRead, PathNetlroURing, PathNetlroVNet:
+		src := fdbased.SourceAuto // the default path's: read(2), for VNetHdr
+		switch cfg.Path {
+		case PathNetlroRead:
+			src = fdbased.SourceRead
+		case PathNetlroURing:
+			src = fdbased.SourceIOUring
+		}
 		ep, err := fdbased.New(&fdbased.Options{
 			FDs:     []int{cfg.FD},
 			MTU:     cfg.MTU,
-			IOUring: cfg.Path == PathNetlroURing,
+			Source:  src,
 			VNetHdr: cfg.Path.VNetHdr(),
 		})
 		if err != nil {
@@ -564,6 +571,15 @@ func (p *Proxy) FDStats() (fdbased.Stats, bool) {
 		return fdbased.Stats{}, false
 	}
 	return p.fd.Stats(), true
+}
+
+// Sources says how this project's fdbased reads the TUN device, and why,
+// and returns nil on a path that reads with gVisor's fdbased.
+func (p *Proxy) Sources() []fdbased.SourceChoice {
+	if p.fd == nil {
+		return nil
+	}
+	return p.fd.Sources()
 }
 
 // SetMerging turns netlro's merging off or on while traffic flows

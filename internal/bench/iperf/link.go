@@ -107,9 +107,10 @@ type LinkOptions struct {
 	EthernetHeader bool
 	// Address is the endpoint's MAC address when EthernetHeader is set.
 	Address tcpip.LinkAddress
-	// IOUring makes this project's fdbased read a TAP/TUN device with
-	// io_uring (fdbased.Options.IOUring). gVisor's fdbased ignores it.
-	IOUring bool
+	// Source is how this project's fdbased reads FD
+	// (fdbased.Options.Source); the zero value lets it pick. gVisor's
+	// fdbased ignores it.
+	Source fdbased.Source
 	// VNetHdr says that FD carries a virtio_net_hdr before each frame
 	// (fdbased.Options.VNetHdr). gVisor's fdbased reads one only from a
 	// socket, so its modes refuse it.
@@ -142,6 +143,15 @@ func (l *Link) FDStats() (fdbased.Stats, bool) {
 		return fdbased.Stats{}, false
 	}
 	return l.fd.Stats(), true
+}
+
+// Sources says how this project's fdbased reads its fd, and why, and
+// returns nil for a mode that reads with gVisor's fdbased.
+func (l *Link) Sources() []fdbased.SourceChoice {
+	if l.fd == nil {
+		return nil
+	}
+	return l.fd.Sources()
 }
 
 // NewLink builds the receiver link endpoint of mode m on opts.FD.
@@ -182,7 +192,7 @@ func NewLink(m Mode, opts LinkOptions) (*Link, error) {
 		MTU:            opts.MTU,
 		EthernetHeader: opts.EthernetHeader,
 		Address:        opts.Address,
-		IOUring:        opts.IOUring,
+		Source:         opts.Source,
 		VNetHdr:        opts.VNetHdr,
 	})
 	if err != nil {

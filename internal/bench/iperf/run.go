@@ -93,6 +93,8 @@ type Result struct {
 	Received []StreamResult `json:"received"`          // what the receiver read, per stream
 	LRO      *lro.Stats     `json:"lro,omitempty"`     // the engine's counters, for netlro modes
 	FD       *fdbased.Stats `json:"fdbased,omitempty"` // the reader's counters, for this project's fdbased
+	// Sources says how this project's fdbased read its fd, and why.
+	Sources []fdbased.SourceChoice `json:"sources,omitempty"`
 }
 
 // Gbps returns the goodput in Gbit/s.
@@ -211,6 +213,7 @@ func RunReceiver(ctx context.Context, cfg Config, link LinkOptions, send SendFun
 	if st, ok := rs.Link.FDStats(); ok {
 		res.FD = &st
 	}
+	res.Sources = rs.Link.Sources()
 	return res, nil
 }
 
