@@ -8,6 +8,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/netlro/netlro/linkgate"
 )
 
 // DefaultBatchSize is the number of frames read per batch when
@@ -120,10 +122,13 @@ type Endpoint struct {
 	caps      stack.LinkEndpointCapabilities
 	closedFn  func(tcpip.Error)
 
+	// gate lets each batch through to the attached dispatcher and runs
+	// the dispatch goroutines' lifecycle: Attach(nil) never waits for a
+	// batch inside netstack (linkgate).
+	gate *linkgate.Gate
+
 	// mu guards the fields below it.
 	mu sync.RWMutex
-	// +checklocks:mu
-	dispatcher stack.NetworkDispatcher
 	// +checklocks:mu
 	addr tcpip.LinkAddress
 	// +checklocks:mu
@@ -131,22 +136,7 @@ type Endpoint struct {
 	// +checklocks:mu
 	onClose func()
 
-	// attachMu serializes Attach and Close and guards the fields below it.
-	attachMu sync.Mutex
-	// +checklocks:attachMu
-	running bool // dispatch goroutines were started and not yet waited on
-	// +checklocks:attachMu
-	isClosed bool
-	// stopped is closed when a background stop has waited for the
-	// dispatch goroutines; nil if none runs. restart asks it to start
-	// them again: Attach(d) came meanwhile.
-	// +checklocks:attachMu
-	stopped chan struct{}
-	// +checklocks:attachMu
-	restart bool
-
-	stopping atomic.Bool  // set while the dispatch loops are being stopped
-	inBatch  atomic.Int32 // batches being handed to a dispatcher
+	stopping atomic.Bool // set while the dispatch loops are being stopped
 	wg       sync.WaitGroup
 	stats    counters
 	sys      endpointSys // the platform's part: fds, readers, write state
@@ -208,11 +198,7 @@ func (e *Endpoint) Capabilities() stack.LinkEndpointCapabilities {
 }
 
 // IsAttached implements stack.LinkEndpoint.IsAttached.
-func (e *Endpoint) IsAttached() bool {
-	e.mu.RLock()
-	defer e.mu.RUnlock()
-	return e.dispatcher != nil
-}
+func (e *Endpoint) IsAttached() bool { return e.gate.IsAttached() }
 
 // Wait implements stack.LinkEndpoint.Wait: it waits for the dispatch
 // goroutines to stop, which they do after Attach(nil), Close, or when
@@ -221,10 +207,7 @@ func (e *Endpoint) IsAttached() bool {
 // the caller may hold (Stack.Wait holds it), it returns at once; Close
 // waits for them.
 func (e *Endpoint) Wait() {
-	e.attachMu.Lock()
-	stopping := e.stopped != nil
-	e.attachMu.Unlock()
-	if !stopping {
+	if !e.gate.Stopping() {
 		e.wg.Wait()
 	}
 }

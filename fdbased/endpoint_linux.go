@@ -13,6 +13,8 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	gfdbased "gvisor.dev/gvisor/pkg/tcpip/link/fdbased"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/netlro/netlro/linkgate"
 )
 
 // maxBatchSize is the most messages one recvmmsg or sendmmsg takes: the
@@ -65,6 +67,7 @@ func newEndpointProbe(opts *Options, probe func() error) (*Endpoint, error) {
 		addr:      opts.Address,
 		mtu:       opts.MTU,
 	}
+	e.gate = linkgate.New(linkgate.Hooks{Start: e.start, Stop: e.stop, Finish: e.finishStop})
 	if e.batchSize == 0 {
 		e.batchSize = DefaultBatchSize
 	}
@@ -238,38 +241,37 @@ func joinFanout(links []link) error {
 // being delivered may be waiting for. So Attach(nil) waits for the
 // dispatch goroutines only when no batch is being delivered; otherwise
 // they stop in the background as soon as their batch is done, and Close
-// waits for them.
-func (e *Endpoint) Attach(dispatcher stack.NetworkDispatcher) {
-	e.attachMu.Lock()
-	defer e.attachMu.Unlock()
-	if dispatcher == nil {
-		e.stopLocked()
-		return
-	}
-	if e.isClosed {
-		return
-	}
-	e.mu.Lock()
-	e.dispatcher = dispatcher
-	e.mu.Unlock()
-	if e.stopped != nil {
-		e.restart = true // the background stop starts them again
-		return
-	}
-	if !e.running {
-		e.startLocked()
-	}
-}
+// waits for them (linkgate).
+func (e *Endpoint) Attach(dispatcher stack.NetworkDispatcher) { e.gate.Attach(dispatcher) }
 
-// startLocked starts a dispatch goroutine per fd.
-//
-// +checklocks:e.attachMu
-func (e *Endpoint) startLocked() {
-	e.running = true
+// start starts a dispatch goroutine per fd.
+func (e *Endpoint) start() {
 	for i := range e.sys.links {
 		e.wg.Add(1)
 		go e.dispatchLoop(&e.sys.links[i])
 	}
+}
+
+// stop tells the dispatch goroutines to stop, through the eventfd every
+// dispatch loop polls with its fd; it does not wait for them.
+func (e *Endpoint) stop() {
+	e.stopping.Store(true)
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	if _, err := unix.Write(e.sys.stopFD, one[:]); err != nil {
+		// The eventfd is ours and counts far below its limit.
+		panic(fmt.Sprintf("fdbased: write eventfd: %v", err))
+	}
+}
+
+// finishStop waits for the dispatch goroutines, which were told to stop
+// and have no batch inside netstack, and readies the endpoint for the next
+// Attach.
+func (e *Endpoint) finishStop() {
+	e.wg.Wait()
+	var drain [8]byte
+	unix.Read(e.sys.stopFD, drain[:]) // back to not readable, for the next Attach
+	e.stopping.Store(false)
 }
 
 // Close implements stack.LinkEndpoint.Close. It stops the dispatch
@@ -278,9 +280,10 @@ func (e *Endpoint) startLocked() {
 // which calls Attach(nil): it runs with no lock of ours held). It does not
 // close the fds it was given.
 func (e *Endpoint) Close() {
-	if !e.shutdown() {
+	if !e.gate.Close() {
 		return
 	}
+	unix.Close(e.sys.stopFD)
 	e.mu.Lock()
 	action := e.onClose
 	e.onClose = nil
@@ -288,80 +291,6 @@ func (e *Endpoint) Close() {
 	if action != nil {
 		action()
 	}
-}
-
-// shutdown stops the dispatch goroutines for good, waits for them and
-// releases the eventfd. It reports false if the endpoint was closed
-// already.
-func (e *Endpoint) shutdown() bool {
-	e.attachMu.Lock()
-	defer e.attachMu.Unlock()
-	if e.isClosed {
-		return false
-	}
-	e.isClosed = true
-	e.stopLocked()
-	for e.stopped != nil {
-		done := e.stopped
-		e.attachMu.Unlock()
-		<-done
-		e.attachMu.Lock()
-	}
-	unix.Close(e.sys.stopFD)
-	return true
-}
-
-// stopLocked detaches the dispatcher and stops the dispatch goroutines. It
-// waits for them if no batch is being delivered, else leaves that to a
-// background goroutine.
-//
-// +checklocks:e.attachMu
-func (e *Endpoint) stopLocked() {
-	e.mu.Lock()
-	e.dispatcher = nil
-	busy := e.inBatch.Load() > 0 // and no batch starts now: see batch.start
-	e.mu.Unlock()
-	e.restart = false
-	if !e.running || e.stopped != nil {
-		return
-	}
-	e.stopping.Store(true)
-	var one [8]byte
-	binary.NativeEndian.PutUint64(one[:], 1)
-	if _, err := unix.Write(e.sys.stopFD, one[:]); err != nil {
-		// The eventfd is ours and counts far below its limit.
-		panic(fmt.Sprintf("fdbased: write eventfd: %v", err))
-	}
-	if !busy {
-		e.finishStopLocked()
-		return
-	}
-	done := make(chan struct{})
-	e.stopped = done
-	go func() {
-		e.wg.Wait()
-		e.attachMu.Lock()
-		defer e.attachMu.Unlock()
-		e.finishStopLocked()
-		e.stopped = nil
-		close(done)
-		if e.restart && !e.isClosed {
-			e.restart = false
-			e.startLocked()
-		}
-	}()
-}
-
-// finishStopLocked waits for the dispatch goroutines, which were told to
-// stop, and readies the endpoint for the next Attach.
-//
-// +checklocks:e.attachMu
-func (e *Endpoint) finishStopLocked() {
-	e.wg.Wait()
-	var drain [8]byte
-	unix.Read(e.sys.stopFD, drain[:]) // back to not readable, for the next Attach
-	e.stopping.Store(false)
-	e.running = false
 }
 
 // dispatchLoop reads and dispatches batches from l until dispatch is

@@ -73,22 +73,17 @@ type batch struct {
 	c        batchCount
 }
 
-// start readies b for a batch of receive queue queue of e: it loads the
-// dispatcher and the receive settings once, under e's lock, for use
-// without the lock. A dispatcher with one dispatcher per queue
+// start readies b for a batch of receive queue queue of e: it enters e's
+// gate, which gives the dispatcher, and loads the receive settings once,
+// under e's lock, for use without the lock. A dispatcher with one dispatcher per queue
 // (rxbatch.MultiQueue, as the engine under lroendpoint) gets each fd's
 // frames on that fd's own, whose Flush ends only its own held packets, as
 // each NAPI context has its own GRO list. ring says the frames were read
 // through io_uring.
 func (b *batch) start(e *Endpoint, queue int, ring bool) {
 	b.e = e
+	b.d = e.gate.Enter() // nil while detached: the batch's frames are dropped
 	e.mu.RLock()
-	b.d = e.dispatcher
-	if b.d != nil {
-		// Counted under the lock that stopLocked takes to detach, so
-		// that it knows whether a batch may be inside netstack.
-		e.inBatch.Add(1)
-	}
 	b.addr = e.addr
 	b.maxFrame = e.hdrSize + int(e.mtu)
 	e.mu.RUnlock()
@@ -198,7 +193,7 @@ func (b *batch) end() {
 	}
 	b.e.stats.add(&b.c)
 	if b.d != nil {
-		b.e.inBatch.Add(-1)
+		b.e.gate.Leave()
 	}
 	*b = batch{}
 }

@@ -8,6 +8,8 @@ import (
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+
+	"github.com/netlro/netlro/linkgate"
 )
 
 // ethFrame returns an Ethernet frame of n bytes to dst, of type typ, whose
@@ -70,14 +72,15 @@ func TestParseFrame(t *testing.T) {
 // would after a read of data into a view sized for mtu, and returns the
 // endpoint's counters and what the dispatcher got.
 func deliverOne(t testing.TB, data []byte, eth, frag bool, mtu int) (Stats, []event) {
-	e := &Endpoint{mtu: uint32(mtu), addr: ourMAC}
+	e := &Endpoint{mtu: uint32(mtu), addr: ourMAC, gate: linkgate.New(linkgate.Hooks{})}
 	if eth {
 		e.hdrSize = header.EthernetMinimumSize
 	}
 	r := newRecorder()
-	e.dispatcher = plainDispatcher{r}
 	if frag {
-		e.dispatcher = fragDispatcher{r}
+		e.gate.Attach(fragDispatcher{r})
+	} else {
+		e.gate.Attach(plainDispatcher{r})
 	}
 	var b batch
 	b.start(e, 0, false)

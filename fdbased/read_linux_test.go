@@ -333,7 +333,7 @@ func TestSeveralFDsQueues(t *testing.T) {
 	})
 	assert.Equal(t, want, streams())
 	for k := range fds {
-		st := engine.Queue(k).(*lro.Engine).Stats()
+		st := engine.Queue(k).(*lro.Queue).Stats()
 		assert.Equal(t, uint64(segs), st.PacketsIn, "queue %d: fd %d's segments, no other's", k, k)
 		assert.NotZero(t, st.FlushBatch, "queue %d: ended by its fd's batch ends", k)
 		assert.Zero(t, st.Held(), "queue %d: its fd's last batch end flushed it", k)

@@ -154,15 +154,15 @@ func (c *counters) addTo(s *Stats) {
 
 // Stats returns a snapshot of the engine's counters.
 func (e *Engine) Stats() Stats {
-	s := e.own.stats()
+	s := e.own.Stats()
 	for _, q := range e.subqueues() {
-		s.add(q.stats())
+		s.add(q.Stats())
 	}
 	return s
 }
 
-// stats returns the counters of e's own table.
-func (q *Queue) stats() Stats {
+// Stats returns a snapshot of the counters of q's table.
+func (q *Queue) Stats() Stats {
 	var s Stats
 	held := 0
 	for i := range q.shards {
