@@ -173,13 +173,7 @@ func (b *batch) handOff(proto tcpip.NetworkProtocolNumber, buf buffer.Buffer) {
 		b.frag.DeliverFragments(proto, hdrSize, buf)
 		return
 	}
-	// As gVisor's recvMMsgDispatcher and parseInboundHeader.
-	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buf})
-	if hdrSize > 0 {
-		pkt.LinkHeader().Consume(hdrSize)
-	}
-	pkt.NetworkProtocolNumber = proto
-	pkt.RXChecksumValidated = b.rxValid
+	pkt := rxbatch.NewPacket(proto, hdrSize, buf, b.rxValid) // as gVisor's fdbased builds it
 	b.d.DeliverNetworkPacket(proto, pkt)
 	pkt.DecRef()
 }

@@ -218,7 +218,8 @@ func (q *Queue) pass(sh *shard, proto tcpip.NetworkProtocolNumber, r *packetRef,
 			return
 		}
 	}
-	it := passItem(proto, r, reason, 0)
+	// Here, with ClaimChecksumOffload, the checks netstack skips passed.
+	it := passItem(proto, r, reason, 0, q.validated(r) || q.cfg.ClaimChecksumOffload)
 	q.deliver(sh, &it)
 }
 
@@ -241,7 +242,7 @@ func (q *Queue) passAfterFlow(sh *shard, proto tcpip.NetworkProtocolNumber, r *p
 		out[n] = sh.take(i, cFlushOrder)
 		n++
 	}
-	out[n] = passItem(proto, r, s.reason, s.flowHash(q.seed))
+	out[n] = passItem(proto, r, s.reason, s.flowHash(q.seed), true) // a candidate: verified
 	q.unlockAndDeliver(sh, out[:n+1], reserved, false)
 }
 
@@ -271,7 +272,7 @@ func (q *Queue) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pac
 		// hand up what cannot join).
 		h := sh.flows[i].hash
 		out[0] = sh.take(i, cFlushOrder)
-		out[1] = passItem(proto, r, cPassOutOfOrder, h)
+		out[1] = passItem(proto, r, cPassOutOfOrder, h, true)
 		q.unlockAndDeliver(sh, out[:2], len(out), false)
 		return
 	case actionStart:
@@ -361,7 +362,7 @@ func (q *Queue) hold(f *session, proto tcpip.NetworkProtocolNumber, r *packetRef
 	case r.raw != nil:
 		holdCopy(f, proto, r, s.ipLen+s.tcpLen, s.payload)
 	default:
-		f.pkt = newPacket(proto, r)
+		f.pkt = newPacket(proto, r, true) // a candidate: verified, or trusted
 	}
 	if q.timer != nil {
 		f.heldAt = q.cfg.Clock.NowMonotonic()
@@ -373,12 +374,13 @@ func (q *Queue) hold(f *session, proto tcpip.NetworkProtocolNumber, r *packetRef
 
 // newPacket builds a PacketBuffer from a receive-in-pages frame, as
 // rxbatch.NewPacket does; the frame's views move into the packet. The
-// caller's bytes are copied into a pooled view.
-func newPacket(proto tcpip.NetworkProtocolNumber, r *packetRef) *stack.PacketBuffer {
+// caller's bytes are copied into a pooled view. verified says its
+// checksums were verified, by the engine or below it.
+func newPacket(proto tcpip.NetworkProtocolNumber, r *packetRef, verified bool) *stack.PacketBuffer {
 	if r.raw != nil {
 		r.buf = buffer.MakeWithData(r.raw)
 	}
-	pkt := rxbatch.NewPacket(proto, r.off, r.buf, false)
+	pkt := rxbatch.NewPacket(proto, r.off, r.buf, verified)
 	r.buf = buffer.Buffer{} // the packet owns the views now
 	return pkt
 }

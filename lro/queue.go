@@ -50,12 +50,12 @@ func sessionItem(f session, cause counter, h uint64) pending {
 
 // passItem is the packet of r, delivered as it is; h is its flow's hash.
 // The caller's PacketBuffer is borrowed; a receive-in-pages frame becomes
-// a packet the engine owns.
-func passItem(proto tcpip.NetworkProtocolNumber, r *packetRef, reason counter, h uint64) pending {
+// a packet the engine owns, flagged verified if its checksums were.
+func passItem(proto tcpip.NetworkProtocolNumber, r *packetRef, reason counter, h uint64, verified bool) pending {
 	if r.pkt != nil {
 		return pending{s: session{pkt: r.pkt, cause: reason}, proto: proto, lane: laneOf(h)}
 	}
-	return pending{s: session{pkt: newPacket(proto, r), cause: reason}, proto: proto, lane: laneOf(h), owned: true}
+	return pending{s: session{pkt: newPacket(proto, r, verified), cause: reason}, proto: proto, lane: laneOf(h), owned: true}
 }
 
 // lane is one ordered path to netstack.
