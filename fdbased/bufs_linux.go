@@ -91,10 +91,10 @@ func (b *rxBufs) put(k int, frame []byte, truncated bool) {
 	}
 }
 
-// deliver hands message k's frame to bt, and forgets the views bt took,
-// which refill replaces.
-func (b *rxBufs) deliver(k int, bt *batch) {
-	length, truncated := b.frame(k)
+// deliver hands message k's frame, of length bytes as frame reported
+// (truncated if the kernel cut it short), to bt, and forgets the views bt
+// took, which refill replaces.
+func (b *rxBufs) deliver(k, length int, truncated bool, bt *batch) {
 	if !b.vnet {
 		if bt.deliver(b.views[k], length, truncated) {
 			b.views[k] = nil

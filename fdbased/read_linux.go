@@ -145,7 +145,7 @@ func (r *reader) deliver(src source, n int, ring bool) (eof bool) {
 			eof = true
 			continue
 		}
-		r.bufs.deliver(k, b)
+		r.bufs.deliver(k, length, truncated, b)
 	}
 	b.end()
 	return eof
