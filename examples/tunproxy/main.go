@@ -207,6 +207,7 @@ func (r Report) print(w io.Writer) {
 	fmt.Fprintf(w, "relayed %d bytes up, %d bytes down; %d relays ended by an error or a reset\n", st.BytesUp, st.BytesDown, st.Aborted)
 	fmt.Fprintf(w, "at exit: %d connections dialing, %d relayed (%d half-closed); netstack endpoints: %s\n", st.Dialing, st.Active, st.HalfClosed, formatStates(r.Endpoints))
 	ns := st.Netstack
+	fmt.Fprintf(w, "%d SYNs deferred (their ports' endpoint about to go)\n", st.SYNsDeferred)
 	fmt.Fprintf(w, "netstack: %d SYNs dropped (MaxInFlight dialing), %d resets sent, %d received, %d retransmits, %d timeouts\n", ns.SYNsDropped, ns.ResetsSent, ns.ResetsReceived, ns.Retransmits, ns.Timeouts)
 	fmt.Fprintf(w, "CPU %.2f s, %.3f CPU s/GB relayed\n", r.CPU, r.CPUPerGB)
 	if fs := r.FD; fs != nil {

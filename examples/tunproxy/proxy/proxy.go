@@ -142,9 +142,13 @@ type Stats struct {
 	// or gave up, or netstack refused the endpoint); the client got a
 	// reset and the destination's connection was closed.
 	HandshakeFailed uint64
-	BytesUp         uint64 // bytes relayed from TUN clients to destinations
-	BytesDown       uint64 // bytes relayed from destinations to TUN clients
-	Netstack        NetstackStats
+	// SYNsDeferred counts clients' SYNs dropped because netstack still
+	// held an endpoint of their ports, about to go; each client sent its
+	// SYN again (see synGate).
+	SYNsDeferred uint64
+	BytesUp      uint64 // bytes relayed from TUN clients to destinations
+	BytesDown    uint64 // bytes relayed from destinations to TUN clients
+	Netstack     NetstackStats
 }
 
 // NetstackStats are the counters of netstack's TCP (stack.Stats().TCP)
@@ -166,6 +170,7 @@ type Proxy struct {
 	lower stack.LinkEndpoint // the endpoint on the fd
 	lro   *lroendpoint.Endpoint
 	fd    *fdbased.Endpoint
+	gate  *synGate // p.link once the stack is built
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -317,6 +322,8 @@ func (p *Proxy) newStack() error {
 	// once: netstack reads it without a lock.
 	fwd := tcp.NewForwarder(p.s, 0, p.cfg.MaxInFlight, p.forward)
 	p.s.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
+	p.gate = newSYNGate(p.link, p.s)
+	p.link = p.gate
 	if err := p.s.CreateNIC(nicID, p.link); err != nil {
 		p.s.Destroy()
 		return fmt.Errorf("tunproxy: create NIC: %s", err)
@@ -529,6 +536,7 @@ func (p *Proxy) Stats() Stats {
 		Aborted:         p.aborted.Load(),
 		DialFailed:      p.dialFailed.Load(),
 		HandshakeFailed: p.handshakeFailed.Load(),
+		SYNsDeferred:    p.gate.deferred.Load(),
 		BytesUp:         p.up.Load(),
 		BytesDown:       p.down.Load(),
 		Netstack: NetstackStats{
