@@ -9,13 +9,14 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/nested"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	gtcp "gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
 // synGate is the link endpoint the proxy's NIC is created on: the
 // path's endpoint, with one look at each packet on its way in. A
-// client's SYN for ports that netstack still holds an endpoint of (one
-// in TIME-WAIT, for as long as its timer takes to fire: the proxy keeps
-// no TIME-WAIT) is dropped there, and the client sends it again a
+// client's SYN for ports that netstack still holds an endpoint of in
+// TIME-WAIT (for as long as its timer takes to fire: the proxy keeps no
+// TIME-WAIT) or closed is dropped there, and the client sends it again a
 // second later, when the endpoint is gone and the forwarder takes it.
 //
 // Let into netstack, the SYN would wait in that endpoint's queue, and
@@ -48,7 +49,7 @@ func (g *synGate) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *s
 }
 
 // heldSYN reports whether pkt is a SYN (without ACK) whose ports netstack
-// still holds an endpoint of. It looks only at a TCP header right after
+// still holds an endpoint of in TIME-WAIT or closed. It looks only at a TCP header right after
 // the IP header, which is where a client's SYN has it.
 func (g *synGate) heldSYN(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) bool {
 	var id stack.TransportEndpointID
@@ -87,5 +88,17 @@ func (g *synGate) heldSYN(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBu
 		return false
 	}
 	id.LocalPort, id.RemotePort = tcp.DestinationPort(), tcp.SourcePort()
-	return g.s.FindTransportEndpoint(proto, header.TCPProtocolNumber, id, nicID) != nil
+	ep, ok := g.s.FindTransportEndpoint(proto, header.TCPProtocolNumber, id, nicID).(*gtcp.Endpoint)
+	if !ok {
+		return false
+	}
+	// Only an endpoint on its way out. A SYN for one still connected
+	// goes in: netstack answers it with a challenge ACK, and a client
+	// that restarted resets the stale connection (RFC 5961); one in a
+	// handshake answers it with its SYN-ACK again.
+	switch gtcp.EndpointState(ep.State()) {
+	case gtcp.StateTimeWait, gtcp.StateClose, gtcp.StateError:
+		return true
+	}
+	return false
 }
