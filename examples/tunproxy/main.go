@@ -82,7 +82,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	mtu := fs.Uint("mtu", 1500, "the device's `MTU`")
 	maxFlows := fs.Int("max-flows", proxy.DefaultMaxFlows, "netlro's flow table size (lro.Config.MaxFlows)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to `file`")
-	verbose := fs.Bool("v", false, "log failed dials")
+	verbose := fs.Bool("v", false, "log failed dials and handshakes")
 	jsonOut := fs.Bool("json", false, "print the exit report as JSON")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -207,10 +207,11 @@ func newReport(p *proxy.Proxy, path proxy.Path, wall, cpu time.Duration) Report 
 // print writes r for a reader.
 func (r Report) print(w io.Writer) {
 	st := r.Proxy
-	fmt.Fprintf(w, "path %s, %.1f s: %d connections relayed, %d refused (dial failed)\n", r.Path, r.Wall, st.Accepted, st.DialFailed)
+	fmt.Fprintf(w, "path %s, %.1f s: %d connections relayed, %d refused (dial failed), %d handshakes failed\n", r.Path, r.Wall, st.Accepted, st.DialFailed, st.HandshakeFailed)
 	fmt.Fprintf(w, "relayed %d bytes up, %d bytes down; %d relays ended by an error or a reset\n", st.BytesUp, st.BytesDown, st.Aborted)
 	fmt.Fprintf(w, "at exit: %d connections dialing, %d relayed (%d half-closed); netstack endpoints: %s\n", st.Dialing, st.Active, st.HalfClosed, formatStates(r.Endpoints))
 	ns := st.Netstack
+	fmt.Fprintf(w, "%d SYNs deferred (their ports' endpoint about to go)\n", st.SYNsDeferred)
 	fmt.Fprintf(w, "netstack: %d SYNs dropped (MaxInFlight dialing), %d resets sent, %d received, %d retransmits, %d timeouts\n", ns.SYNsDropped, ns.ResetsSent, ns.ResetsReceived, ns.Retransmits, ns.Timeouts)
 	fmt.Fprintf(w, "CPU %.2f s, %.3f CPU s/GB relayed\n", r.CPU, r.CPUPerGB)
 	if fs := r.FD; fs != nil {

@@ -129,7 +129,7 @@ type Config struct {
 
 // Stats are the proxy's counters. The gauges (Dialing, Active,
 // HalfClosed) say how many connections the proxy holds now and in which
-// state; Endpoints says what netstack holds.
+// state; Proxy.Endpoints says what netstack holds.
 type Stats struct {
 	Accepted   uint64 // connections relayed
 	Dialing    int64  // connections whose destination is being dialed now; the client's SYN is answered after
@@ -137,9 +137,18 @@ type Stats struct {
 	HalfClosed int64  // of Active, those one side of which has finished sending (its half-close passed on) while the other still sends
 	Aborted    uint64 // relays that ended by an error or a reset in either direction, not by both sides closing their sending halves
 	DialFailed uint64 // connections refused because their destination was not reached
-	BytesUp    uint64 // bytes relayed from TUN clients to destinations
-	BytesDown  uint64 // bytes relayed from destinations to TUN clients
-	Netstack   NetstackStats
+	// HandshakeFailed counts connections whose destination was reached
+	// but whose handshake with the client then failed (the client reset
+	// or gave up, or netstack refused the endpoint); the client got a
+	// reset and the destination's connection was closed.
+	HandshakeFailed uint64
+	// SYNsDeferred counts clients' SYNs dropped because netstack still
+	// held an endpoint of their ports, about to go; each client sent its
+	// SYN again (see synGate).
+	SYNsDeferred uint64
+	BytesUp      uint64 // bytes relayed from TUN clients to destinations
+	BytesDown    uint64 // bytes relayed from destinations to TUN clients
+	Netstack     NetstackStats
 }
 
 // NetstackStats are the counters of netstack's TCP (stack.Stats().TCP)
@@ -161,6 +170,7 @@ type Proxy struct {
 	lower stack.LinkEndpoint // the endpoint on the fd
 	lro   *lroendpoint.Endpoint
 	fd    *fdbased.Endpoint
+	gate  *synGate // p.link once the stack is built
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -171,8 +181,8 @@ type Proxy struct {
 	// +checklocks:mu
 	conns map[*relay]struct{}
 
-	accepted, aborted, dialFailed, up, down atomic.Uint64
-	dialing, active, halfClosed             atomic.Int64
+	accepted, aborted, dialFailed, handshakeFailed, up, down atomic.Uint64
+	dialing, active, halfClosed                              atomic.Int64
 }
 
 // New starts a proxy on cfg.FD.
@@ -296,8 +306,9 @@ const timeWait = 0
 
 // newStack builds netstack on p.link: it takes every packet whatever its
 // destination (promiscuous) and answers from that destination (spoofing),
-// hands every TCP connection to p.forward, and routes everything back out
-// of the TUN device.
+// hands every TCP connection to p.forward, keeps no TIME-WAIT (timeWait
+// says why a proxy must not), and routes everything back out of the TUN
+// device.
 func (p *Proxy) newStack() error {
 	p.s = stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
@@ -318,6 +329,8 @@ func (p *Proxy) newStack() error {
 	// once: netstack reads it without a lock.
 	fwd := tcp.NewForwarder(p.s, 0, p.cfg.MaxInFlight, p.forward)
 	p.s.SetTransportProtocolHandler(tcp.ProtocolNumber, fwd.HandlePacket)
+	p.gate = newSYNGate(p.link, p.s)
+	p.link = p.gate
 	if err := p.s.CreateNIC(nicID, p.link); err != nil {
 		p.s.Destroy()
 		return fmt.Errorf("tunproxy: create NIC: %s", err)
@@ -377,6 +390,10 @@ func (p *Proxy) serve(r *tcp.ForwarderRequest) {
 	ep, terr := r.CreateEndpoint(&wq)
 	if terr != nil {
 		// The client gave up meanwhile, or the stack is closing.
+		p.handshakeFailed.Add(1)
+		if p.cfg.Logf != nil {
+			p.cfg.Logf("tunproxy: handshake with %s for %s: %v", net.JoinHostPort(id.RemoteAddress.String(), strconv.Itoa(int(id.RemotePort))), dst, terr)
+		}
 		r.Complete(true)
 		remote.Close()
 		return
@@ -519,14 +536,16 @@ func (rl *relay) abort() {
 func (p *Proxy) Stats() Stats {
 	tcp := p.s.Stats().TCP
 	return Stats{
-		Accepted:   p.accepted.Load(),
-		Dialing:    p.dialing.Load(),
-		Active:     p.active.Load(),
-		HalfClosed: p.halfClosed.Load(),
-		Aborted:    p.aborted.Load(),
-		DialFailed: p.dialFailed.Load(),
-		BytesUp:    p.up.Load(),
-		BytesDown:  p.down.Load(),
+		Accepted:        p.accepted.Load(),
+		Dialing:         p.dialing.Load(),
+		Active:          p.active.Load(),
+		HalfClosed:      p.halfClosed.Load(),
+		Aborted:         p.aborted.Load(),
+		DialFailed:      p.dialFailed.Load(),
+		HandshakeFailed: p.handshakeFailed.Load(),
+		SYNsDeferred:    p.gate.deferred.Load(),
+		BytesUp:         p.up.Load(),
+		BytesDown:       p.down.Load(),
 		Netstack: NetstackStats{
 			Established:    tcp.CurrentEstablished.Value(),
 			SYNsDropped:    tcp.ForwardMaxInFlightDrop.Value(),

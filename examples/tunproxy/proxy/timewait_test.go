@@ -108,6 +108,7 @@ func TestTimeWaitPortReuse(t *testing.T) {
 		r := newRig(t, PathNetlroRead)
 		tw := tcpip.TCPTimeWaitTimeoutOption(tcp.DefaultTCPTimeWaitTimeout)
 		require.Nil(t, r.p.s.SetTransportProtocolOption(tcp.ProtocolNumber, &tw))
+		r.p.gate.open.Store(true) // gVisor's own handling of the SYN
 		serveOnceAndClose(r.ln)
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		require.NoError(t, roundTrip(ctx, r.client, port))
@@ -119,6 +120,28 @@ func TestTimeWaitPortReuse(t *testing.T) {
 		t.Logf("the second connection from port %d: %v; the proxy's netstack holds %v; %+v", port, err, r.p.Endpoints(), r.p.Stats())
 		assert.Error(t, err, "gVisor answered a SYN that reached a TIME-WAIT endpoint without a listener: the defect is fixed upstream")
 		assert.Equal(t, uint64(1), r.p.Stats().Accepted)
+	})
+	t.Run("gate", func(t *testing.T) {
+		// A TIME-WAIT that lasts (gVisor's 60 s) stands for one whose
+		// timer has not fired yet: the proxy holds the client's SYN
+		// back rather than let it wait in that endpoint's queue.
+		r := newRig(t, PathNetlroRead)
+		tw := tcpip.TCPTimeWaitTimeoutOption(tcp.DefaultTCPTimeWaitTimeout)
+		require.Nil(t, r.p.s.SetTransportProtocolOption(tcp.ProtocolNumber, &tw))
+		serveOnceAndClose(r.ln)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second) // hang guard
+		defer cancel()
+		require.NoError(t, roundTrip(ctx, r.client, port))
+		done := make(chan error, 1)
+		go func() { done <- roundTrip(ctx, r.client, port) }()
+		for i := 0; r.p.Stats().SYNsDeferred == 0 && i < 3000; i++ {
+			time.Sleep(10 * time.Millisecond) // the SYN's way through, bounded by i
+		}
+		cancel()
+		<-done
+		st := r.p.Stats()
+		assert.NotZero(t, st.SYNsDeferred, "the SYN for ports in TIME-WAIT went into netstack")
+		assert.Equal(t, uint64(1), st.Accepted)
 	})
 	t.Run("gvisor-listener", func(t *testing.T) {
 		// The same connections to a listening endpoint of a plain
