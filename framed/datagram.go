@@ -1,0 +1,40 @@
+package framed
+
+import "gvisor.dev/gvisor/pkg/buffer"
+
+// readDatagrams reads a batch of datagrams into slots of MaxFrame bytes
+// of one chunk, with one system call, and delivers them.
+func (r *Reader) readDatagrams() error {
+	size := r.cfg.MaxFrame
+	if r.view == nil || r.fill > 0 {
+		// Frames were delivered from this chunk: its slots are theirs.
+		r.release()
+		r.view, r.fill = buffer.NewViewSize(chunkSize), 0
+	}
+	p := r.view.AsSlice()
+	n, err := r.src.readMsgs(p, size, r.lens, false)
+	if err == errWouldBlock {
+		r.endBatch()
+		n, err = r.src.readMsgs(p, size, r.lens, true)
+	}
+	if err != nil {
+		return err
+	}
+	r.stats.Reads++
+	r.fill = n
+	for k, l := range r.lens[:n] {
+		msg := ""
+		switch {
+		case l == 0:
+			msg = "zero length"
+		case l > size:
+			msg = "longer than the largest frame"
+		default:
+			r.deliver(k*size, l)
+			continue
+		}
+		return &FrameError{Format: Datagram, Offset: r.off + int64(k), Length: l, Msg: msg}
+	}
+	r.off += int64(n)
+	return nil
+}
