@@ -6,10 +6,8 @@ import "gvisor.dev/gvisor/pkg/buffer"
 // of one chunk, with one system call, and delivers them.
 func (r *Reader) readDatagrams() error {
 	size := r.cfg.MaxFrame
-	if r.view == nil || r.fill > 0 {
-		// Frames were delivered from this chunk: its slots are theirs.
-		r.release()
-		r.view, r.fill = buffer.NewViewSize(chunkSize), 0
+	if r.view == nil {
+		r.view = buffer.NewViewSize(chunkSize)
 	}
 	p := r.view.AsSlice()
 	n, err := r.src.readMsgs(p, size, r.lens, false)
@@ -21,7 +19,6 @@ func (r *Reader) readDatagrams() error {
 		return err
 	}
 	r.stats.Reads++
-	r.fill = n
 	for k, l := range r.lens[:n] {
 		msg := ""
 		switch {

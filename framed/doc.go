@@ -8,22 +8,27 @@
 // little-endian one (Hyperkit; rootlesskit's child uses it), and vfkit
 // and bess send one frame per datagram (Datagram).
 //
-// A Reader reads as much as the socket has ready into one pooled chunk
-// (buffer.MaxChunkSize bytes) per system call, or with recvmmsg a batch of
-// datagrams into chunk-sized slots, and hands every whole frame in it to
-// the dispatcher as a buffer.Buffer holding one view of that chunk
-// (rxbatch.FragmentDispatcher: "receive in pages"). Frames are never
-// copied, except one that a read cut in two when the chunk was full: its
-// first part is copied to the start of the next chunk. Where the socket
-// has nothing more ready, the Reader ends the batch (rxbatch.Flusher), as
-// a NAPI poll ends with a GRO flush, so that an LRO engine under the
-// dispatcher merges what one batch brought and holds nothing longer.
+// A Reader reads as much as the socket has ready into one chunk of
+// buffer.MaxChunkSize bytes per system call (with recvmmsg, a batch of
+// datagrams into slots of that chunk), and hands every whole frame in it
+// to the dispatcher as a buffer.Buffer holding a pooled view of its own
+// (rxbatch.FragmentDispatcher: "receive in pages"), so a batch costs one
+// system call and each frame one copy into pooled memory, with no
+// allocation. Frames do not stay in the read chunk as views of it:
+// gVisor's buffer copies a chunk that views share as soon as netstack
+// pulls a header up from one of them (buffer.Buffer.PullUp is copy on
+// write), which would cost a whole chunk per frame. A frame that a read
+// cut where the chunk was full is moved to the chunk's front. Where the
+// socket has nothing more ready, the Reader ends the batch
+// (rxbatch.Flusher), as a NAPI poll ends with a GRO flush, so that an
+// LRO engine under the dispatcher merges what one batch brought and holds
+// nothing longer.
 //
 // The data path, one batch:
 //
-//	socket --read (stream) or recvmmsg (datagrams)--> pooled chunk
+//	socket --read (stream) or recvmmsg (datagrams)--> the Reader's chunk
 //	       --> framing checks (zero, oversized, cut short: an error)
-//	       --> DeliverFragments, per frame (a view of the chunk)
+//	       --> DeliverFragments, per frame (copied to a pooled view)
 //	       --> Flush, where the socket has nothing more ready
 //
 // Framing errors: a zero length, a length above Config.MaxFrame, a
@@ -35,10 +40,11 @@
 //
 // Known limits:
 //
-//   - A frame holds its chunk until the frame is released: a frame that
-//     stays long in netstack (out of order in a TCP receive queue) keeps
-//     the other frames' bytes of its chunk alive, as a page fragment does
-//     in Linux.
+//   - One copy per frame, where a reader of a socket into per-frame views
+//     (netlro's fdbased with recvmmsg) has none: a stream's frame
+//     boundaries are known only after the read. Datagrams could be read
+//     into per-frame views; they are read into slots of the chunk too,
+//     so that one chunk serves both.
 //   - The batch end needs a socket the Reader can read without waiting
 //     (a net.Conn over a socket, on Linux). Any other io.Reader is read
 //     one Read at a time, and each Read is a batch.

@@ -96,9 +96,9 @@ type Stats struct {
 	// Batches is the number of batches that delivered a frame; each ended
 	// with one Flush when the dispatcher is an rxbatch.Flusher.
 	Batches uint64
-	// Copies counts frames whose start was copied to a new chunk because
-	// a read cut them where the chunk was full.
-	Copies uint64
+	// Moves counts frames whose start was moved to the front of the chunk
+	// because a read cut them where the chunk was full.
+	Moves uint64
 	// Runts counts frames dropped for being shorter than an Ethernet
 	// header.
 	Runts uint64
@@ -273,16 +273,19 @@ func (r *Reader) endBatch() {
 	}
 }
 
-// deliver hands over the frame of n bytes at offset at of the chunk, as a
-// view of it.
+// deliver hands over the frame of n bytes at offset at of the chunk, in
+// a pooled view of its own.
+//
+// It copies the frame: gVisor's buffer copies a whole chunk that views
+// share when netstack pulls a header up from one of them
+// (buffer.Buffer.PullUp, copy on write), so frames handed over as views
+// of the read chunk would cost a chunk each, not a frame.
 func (r *Reader) deliver(at, n int) {
 	if n < header.EthernetMinimumSize {
 		r.stats.Runts++
 		return
 	}
-	v := r.view.Clone()
-	v.TrimFront(at)
-	v.CapLength(n)
+	v := buffer.NewViewWithData(r.view.AsSlice()[at : at+n])
 	proto := tcpip.NetworkProtocolNumber(binary.BigEndian.Uint16(v.AsSlice()[12:]))
 	r.stats.Frames++
 	r.stats.Bytes += uint64(n)
@@ -290,8 +293,7 @@ func (r *Reader) deliver(at, n int) {
 	r.frag.DeliverFragments(proto, header.EthernetMinimumSize, buffer.MakeWithView(v))
 }
 
-// release returns the chunk to the pool, for the frames delivered from it
-// to keep alive as long as they need.
+// release returns the chunk to the pool.
 func (r *Reader) release() {
 	if r.view != nil {
 		r.view.Release()

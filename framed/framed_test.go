@@ -179,15 +179,15 @@ func TestStreamSocket(t *testing.T) {
 	}
 }
 
-// TestChunkCopies checks that a frame is copied only when a read cut it
-// where its chunk was full.
-func TestChunkCopies(t *testing.T) {
+// TestChunkMoves checks that a frame is moved to the chunk's front only
+// when a read cut it where the chunk was full.
+func TestChunkMoves(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		frames     [][]byte
 		size       int // bytes per Read
-		maxCopies  int
-		wantCopies bool
+		maxMoves  int
+		wantMoves bool
 	}{
 		{"whole frames per read", frames(40, 1514), 1516, 0, false},
 		{"frames cut by reads, chunks reused", frames(40, 1514), 1000, 2, true},
@@ -200,8 +200,8 @@ func TestChunkCopies(t *testing.T) {
 			require.ErrorIs(t, readAll(t, r, 1000), io.EOF)
 			require.Equal(t, joined(tc.frames), joined(d.frames))
 			s := r.Stats()
-			assert.LessOrEqual(t, s.Copies, uint64(tc.maxCopies))
-			assert.Equal(t, tc.wantCopies, s.Copies > 0)
+			assert.LessOrEqual(t, s.Moves, uint64(tc.maxMoves))
+			assert.Equal(t, tc.wantMoves, s.Moves > 0)
 			assert.Equal(t, uint64(len(tc.frames)), s.Frames)
 		})
 	}
@@ -339,3 +339,49 @@ func (c *countFrames) DeliverFragments(_ tcpip.NetworkProtocolNumber, _ int, buf
 }
 
 func (c *countFrames) Flush() { c.batches++ }
+
+// pullUpper pulls each frame's header up, as netstack does, and records
+// whether that copied the frame's memory.
+type pullUpper struct{ frames, copied int }
+
+func (p *pullUpper) DeliverFragments(_ tcpip.NetworkProtocolNumber, hdrLen int, buf buffer.Buffer) {
+	views := buf.AsViewList()
+	before := &views.Front().AsSlice()[0]
+	v, ok := buf.PullUp(0, hdrLen)
+	if !ok || &v.AsSlice()[0] != before {
+		p.copied++
+	}
+	p.frames++
+	buf.Release()
+}
+
+// TestFramesOwnTheirMemory checks that pulling a header up from a frame,
+// as netstack does for each packet, does not copy it: a frame does not
+// share its chunk, which gVisor's buffer would copy on write.
+func TestFramesOwnTheirMemory(t *testing.T) {
+	fs := frames(40, 1514, 60)
+	for _, format := range []Format{Hyperkit, Datagram} {
+		t.Run(format.String(), func(t *testing.T) {
+			typ := unix.SOCK_STREAM
+			if format == Datagram {
+				typ = unix.SOCK_SEQPACKET
+			}
+			ours, peer := socketPair(t, typ)
+			if format == Datagram {
+				for _, f := range fs {
+					_, err := unix.Write(peer, f)
+					require.NoError(t, err)
+				}
+			} else {
+				writeAll(t, peer, encode(format, fs...))
+			}
+			unix.Close(peer)
+			d := &pullUpper{}
+			r, err := NewReader(ours, Config{Format: format, MaxFrame: 1514}, d)
+			require.NoError(t, err)
+			require.ErrorIs(t, readAll(t, r, 100), io.EOF)
+			assert.Equal(t, len(fs), d.frames)
+			assert.Zero(t, d.copied, "frames copied by PullUp")
+		})
+	}
+}

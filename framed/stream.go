@@ -66,20 +66,19 @@ func (r *Reader) checkLen(n int) error {
 	return &FrameError{Format: r.cfg.Format, Offset: r.off + int64(r.pos), Length: n, Msg: msg}
 }
 
-// prepareChunk makes room for the next read: it reads on into the current
-// chunk while the frame in progress fits there and enough space is left,
-// and otherwise moves that frame's first part to the start of a new
-// chunk, without its length prefix once that is whole.
+// prepareChunk makes room for the next read: it reads on into the chunk
+// while the frame in progress fits there and enough space is left, and
+// otherwise moves that frame's first part to the front, without its
+// length prefix once that is whole.
 func (r *Reader) prepareChunk() {
-	if r.view != nil && r.fits() {
+	if r.view == nil {
+		r.view = buffer.NewViewSize(chunkSize)
 		return
 	}
-	old := r.view
-	r.view = buffer.NewViewSize(chunkSize)
-	if old == nil {
+	if r.fits() {
 		return
 	}
-	part := old.AsSlice()[r.pos:r.fill]
+	part := r.view.AsSlice()[r.pos:r.fill]
 	r.off += int64(r.pos)
 	if plen := r.cfg.Format.prefixLen(); r.pending == 0 && len(part) >= plen {
 		// deliverStream checked this length.
@@ -89,9 +88,8 @@ func (r *Reader) prepareChunk() {
 	}
 	r.pos, r.fill = 0, copy(r.view.AsSlice(), part)
 	if len(part) > 0 {
-		r.stats.Copies++
+		r.stats.Moves++
 	}
-	old.Release()
 }
 
 // fits reports whether the next read may go into the current chunk: the
