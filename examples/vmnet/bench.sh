@@ -20,7 +20,8 @@
 # Builds: bin/rootlesskit-stock (./prepare.sh -stock bin) and
 # bin/rootlesskit (go build -o bin/rootlesskit
 # github.com/rootless-containers/rootlesskit/v3/cmd/rootlesskit), the
-# patched one also with NETLRO=nomerge.
+# patched one also with NETLRO=nomerge (framed, no merging) and as
+# "child" with NETLRO_CHILD=batch (the child batches its copies too).
 #
 # As root: everything runs in a network namespace of its own (t23bench),
 # whose loopback the iperf3 server listens on; rootlesskit's user
@@ -33,8 +34,9 @@
 # external interface to copy: the namespace gets a veth pair
 # (198.51.100.1/24, default route through it; nothing leaves).
 #
-# Usage: [NAMES="stock patched nomerge slirp4netns pasta"] ./bench.sh [ROUNDS [DURATION [MTUS]]]
-# (defaults: all five, 3 rounds, 10 s, "1500 65520")
+# Usage: [NAMES="stock patched ..."] [ONLY1500="nomerge ..."] ./bench.sh [ROUNDS [DURATION [MTUS]]]
+# (defaults: all six, 3 rounds, 10 s, "1500 65520"; ONLY1500: names run
+# at MTU 1500 only)
 set -euo pipefail
 cd "$(dirname "$0")"
 rounds=${1:-3}
@@ -115,6 +117,7 @@ run() {
     stock) exe=bin/rootlesskit-stock ;;
     patched) ;;
     nomerge) env=(NETLRO=nomerge) ;;
+    child) env=(NETLRO_CHILD=batch) ;;
     slirp4netns) exe=bin/rootlesskit-stock net=slirp4netns addr=10.0.2.2 ;;
     pasta) exe=bin/rootlesskit-stock net=pasta addr=10.0.2.2 ;;
   esac
@@ -142,7 +145,7 @@ PY
 }
 
 echo "# $(date -u '+%F %T') $(nproc) CPUs, $(uptime | sed 's/.*load/load/'); rounds=$rounds duration=${duration}s"
-names=(${NAMES:-stock patched nomerge slirp4netns pasta})
+names=(${NAMES:-stock patched nomerge child slirp4netns pasta})
 for ((round = 1; round <= rounds; round++)); do
   for mtu in $mtus; do
     for dir in "" -R; do
@@ -152,7 +155,7 @@ for ((round = 1; round <= rounds; round++)); do
         order=(); for ((i = ${#names[@]} - 1; i >= 0; i--)); do order+=("${names[$i]}"); done
       fi
       for name in "${order[@]}"; do
-        [ "$name" = nomerge ] && [ "$mtu" != 1500 ] && continue
+        [ "$mtu" != 1500 ] && [ -n "${ONLY1500:-}" ] && [[ " $ONLY1500 " == *" $name "* ]] && continue
         run "$name" "$mtu" "$dir"
       done
     done
