@@ -183,9 +183,9 @@ func TestStreamSocket(t *testing.T) {
 // when a read cut it where the chunk was full.
 func TestChunkMoves(t *testing.T) {
 	for _, tc := range []struct {
-		name       string
-		frames     [][]byte
-		size       int // bytes per Read
+		name      string
+		frames    [][]byte
+		size      int // bytes per Read
 		maxMoves  int
 		wantMoves bool
 	}{
