@@ -10,7 +10,10 @@ func (r *Reader) readDatagrams() error {
 		r.view = buffer.NewViewSize(chunkSize)
 	}
 	p := r.view.AsSlice()
-	n, err := r.src.readMsgs(p, size, r.lens, false)
+	if r.drained {
+		r.endBatch()
+	}
+	n, err := r.src.readMsgs(p, size, r.lens, r.drained)
 	if err == errWouldBlock {
 		r.endBatch()
 		n, err = r.src.readMsgs(p, size, r.lens, true)
@@ -19,6 +22,7 @@ func (r *Reader) readDatagrams() error {
 		return err
 	}
 	r.stats.Reads++
+	r.drained = n < len(r.lens)
 	for k, l := range r.lens[:n] {
 		msg := ""
 		switch {

@@ -19,10 +19,11 @@
 // pulls a header up from one of them (buffer.Buffer.PullUp is copy on
 // write), which would cost a whole chunk per frame. A frame that a read
 // cut where the chunk was full is moved to the chunk's front. Where the
-// socket has nothing more ready, the Reader ends the batch
-// (rxbatch.Flusher), as a NAPI poll ends with a GRO flush, so that an
-// LRO engine under the dispatcher merges what one batch brought and holds
-// nothing longer.
+// socket has nothing more ready (a read returned less than it had room
+// for, or found nothing), the Reader ends the batch (rxbatch.Flusher)
+// before it waits, as a NAPI poll that used less than its budget ends
+// with a GRO flush, so that an LRO engine under the dispatcher merges
+// what one batch brought and holds nothing longer.
 //
 // The data path, one batch:
 //

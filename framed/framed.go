@@ -168,6 +168,10 @@ type Reader struct {
 	off int64
 	// unflushed says frames were delivered since the last Flush.
 	unflushed bool
+	// drained says the last read found the socket emptied: it returned
+	// less than it had room for. The batch then ends, and the next read
+	// waits at once rather than first ask without waiting.
+	drained bool
 	// lens holds each datagram's length (Datagram only).
 	lens []int
 	// err is the error that stopped the Reader.
@@ -247,10 +251,14 @@ func (r *Reader) Close() {
 	r.release()
 }
 
-// read reads into p, without waiting first when it can, and ends the
-// batch before it waits.
+// read reads into p. After a read that emptied the socket it ends the
+// batch and waits for the next; otherwise it reads without waiting
+// first, and ends the batch and waits only if nothing was ready.
 func (r *Reader) read(p []byte) (int, error) {
-	n, err := r.src.read(p, false)
+	if r.drained {
+		r.endBatch()
+	}
+	n, err := r.src.read(p, r.drained)
 	if err == errWouldBlock {
 		r.endBatch()
 		n, err = r.src.read(p, true)
@@ -258,6 +266,7 @@ func (r *Reader) read(p []byte) (int, error) {
 	if n > 0 {
 		r.stats.Reads++
 	}
+	r.drained = n < len(p)
 	return n, err
 }
 
