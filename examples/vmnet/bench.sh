@@ -26,7 +26,7 @@
 # As root: everything runs in a network namespace of its own (t23bench),
 # whose loopback the iperf3 server listens on; rootlesskit's user
 # namespace needs newuidmap, newgidmap and getsubids, which stub scripts
-# (made here, first in PATH) replace: as root they write
+# (rootstubs.sh, first in PATH) replace: as root they write
 # /proc/PID/{uid,gid}_map directly and report 100000-165535 as root's
 # subordinate range, so /etc/subuid is not touched. pasta refuses to run
 # as root unless given --runas 0, so a wrapper first in PATH adds it (and
@@ -59,18 +59,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-mkdir -p "$work/bin"
-cat >"$work/bin/newuidmap" <<'STUB'
-#!/bin/sh
-pid=$1; shift; map=""
-while [ $# -ge 3 ]; do map="$map$1 $2 $3
-"; shift 3; done
-printf '%s' "$map" >/proc/$pid/uid_map
-STUB
-sed 's/uid_map/gid_map/' "$work/bin/newuidmap" >"$work/bin/newgidmap"
-printf '#!/bin/sh\n[ "$1" = -g ] && shift\necho "0: $1 100000 65536"\n' >"$work/bin/getsubids"
-printf '#!/bin/sh\nexec /usr/bin/pasta --runas 0 --pid "$PASTA_PIDFILE" "$@"\n' >"$work/bin/pasta"
-chmod +x "$work/bin/"*
+sh rootstubs.sh "$work/bin"
 export PATH="$work/bin:$PATH"
 
 ip netns del "$netns" 2>/dev/null || true
