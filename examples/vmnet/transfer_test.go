@@ -22,6 +22,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
+	"github.com/netlro/netlro/framed"
 	"github.com/netlro/netlro/lro"
 	"github.com/netlro/netlro/lroendpoint"
 )
@@ -39,9 +40,10 @@ var gateway = tcpip.AddrFrom4([4]byte{10, 0, 2, 1})
 
 // network starts gvisor-tap-vsock's virtual network as rootlesskit
 // configures it, with wrap (nil: none) around its link endpoint, and
-// accepts the guest's end of a unix stream socket pair on it, as
-// rootlesskit's parent does. It returns the guest's end.
-func network(t *testing.T, ctx context.Context, mtu int, wrap func(stack.LinkEndpoint) (stack.LinkEndpoint, error)) net.Conn {
+// accepts the guest's end of a unix socket pair on it: a stream, as
+// rootlesskit's parent does (AcceptStdio), or for Datagram a datagram
+// socket, as for vfkit (AcceptVfkit). It returns the guest's end.
+func network(t *testing.T, ctx context.Context, format framed.Format, mtu int, wrap func(stack.LinkEndpoint) (stack.LinkEndpoint, error)) net.Conn {
 	t.Helper()
 	var opts []virtualnetwork.Option
 	if wrap != nil {
@@ -56,7 +58,11 @@ func network(t *testing.T, ctx context.Context, mtu int, wrap func(stack.LinkEnd
 		NAT:               map[string]string{"10.0.2.1": "127.0.0.1"},
 	}, opts...)
 	require.NoError(t, err)
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	typ, accept := unix.SOCK_STREAM, vn.AcceptStdio
+	if format == framed.Datagram {
+		typ, accept = unix.SOCK_DGRAM, vn.AcceptVfkit
+	}
+	fds, err := unix.Socketpair(unix.AF_UNIX, typ|unix.SOCK_CLOEXEC, 0)
 	require.NoError(t, err)
 	conns := make([]net.Conn, 2)
 	for i, fd := range fds {
@@ -65,7 +71,7 @@ func network(t *testing.T, ctx context.Context, mtu int, wrap func(stack.LinkEnd
 		require.NoError(t, err)
 		f.Close()
 	}
-	go vn.AcceptStdio(ctx, conns[0]) // it closes conns[0] when it returns
+	go accept(ctx, conns[0]) // it closes conns[0] when it returns
 	t.Cleanup(func() { conns[0].Close() })
 	return conns[1]
 }
@@ -85,14 +91,16 @@ func payload(n int, seed uint64) ([]byte, [32]byte) {
 func TestTransfer(t *testing.T) {
 	const size = 4 << 20
 	for _, tc := range []struct {
-		name  string
-		mtu   int
-		lro   bool
-		merge bool // the engine must have merged segments
+		name   string
+		format framed.Format
+		mtu    int
+		lro    bool
+		merge  bool // the engine must have merged segments
 	}{
-		{"MTU 1500, LRO", 1500, true, true},
-		{"MTU 1500, no wrapper", 1500, false, false},
-		{"MTU 65520, LRO", 65520, true, false},
+		{"MTU 1500, LRO", framed.Hyperkit, 1500, true, true},
+		{"MTU 1500, no wrapper", framed.Hyperkit, 1500, false, false},
+		{"MTU 65520, LRO", framed.Hyperkit, 65520, true, false},
+		{"datagrams (vfkit), MTU 1500, LRO", framed.Datagram, 1500, true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
@@ -106,8 +114,8 @@ func TestTransfer(t *testing.T) {
 					return w, err
 				}
 			}
-			guestConn := network(t, ctx, tc.mtu, wrap)
-			guest, err := newVM(ctx, guestConn, uint32(tc.mtu))
+			guestConn := network(t, ctx, tc.format, tc.mtu, wrap)
+			guest, err := newVM(ctx, guestConn, tc.format, uint32(tc.mtu))
 			require.NoError(t, err)
 			defer guest.close()
 

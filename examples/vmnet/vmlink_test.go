@@ -17,30 +17,34 @@ import (
 	"github.com/netlro/netlro/framed"
 )
 
-// vm is a guest's network stack whose NIC is a hyperkit stream (2-byte
-// little-endian lengths) on a unix socket, as rootlesskit's child and
-// gvisor-tap-vsock's stdio speak it: frames to the gateway are written
-// one per writev, frames from it read by framed.
+// vm is a guest's network stack whose NIC is a unix socket: a hyperkit
+// stream (2-byte little-endian lengths), as rootlesskit's child and
+// gvisor-tap-vsock's stdio speak it, or one frame per datagram, as vfkit
+// does. Frames to the gateway are written one per writev, frames from it
+// read by framed.
 type vm struct {
-	s    *stack.Stack
-	ch   *channel.Endpoint
-	conn net.Conn
-	done chan error // the reader's end
+	s      *stack.Stack
+	ch     *channel.Endpoint
+	conn   net.Conn
+	format framed.Format
+	done   chan error // the reader's end
 }
 
 // vmAddr is the guest's address, as rootlesskit gives its child.
 var vmAddr = tcpip.AddrFrom4([4]byte{10, 0, 2, 100})
 
-// newVM starts a guest with MTU mtu on conn, until ctx ends.
-func newVM(ctx context.Context, conn net.Conn, mtu uint32) (*vm, error) {
+// newVM starts a guest with MTU mtu on conn, framed as format, until ctx
+// ends.
+func newVM(ctx context.Context, conn net.Conn, format framed.Format, mtu uint32) (*vm, error) {
 	v := &vm{
 		s: stack.New(stack.Options{
 			NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 			TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
 		}),
 		ch:   channel.New(512, mtu, "\x5a\x94\xef\xe4\x0c\xee"),
-		conn: conn,
-		done: make(chan error, 1),
+		conn:   conn,
+		format: format,
+		done:   make(chan error, 1),
 	}
 	if err := v.s.CreateNIC(1, ethernet.New(v.ch)); err != nil {
 		return nil, errorf("CreateNIC: %s", err)
@@ -53,7 +57,7 @@ func newVM(ctx context.Context, conn net.Conn, mtu uint32) (*vm, error) {
 	}
 	subnet := tcpip.AddressWithPrefix{Address: vmAddr, PrefixLen: 24}.Subnet()
 	v.s.SetRouteTable([]tcpip.Route{{Destination: subnet, NIC: 1}})
-	r, err := framed.NewReader(conn, framed.Config{Format: framed.Hyperkit, MaxFrame: int(mtu) + 14}, v)
+	r, err := framed.NewReader(conn, framed.Config{Format: format, MaxFrame: int(mtu) + 14}, v)
 	if err != nil {
 		return nil, err
 	}
@@ -90,6 +94,9 @@ func (v *vm) transmit(ctx context.Context) {
 		frame := pkt.ToView()
 		binary.LittleEndian.PutUint16(prefix[:], uint16(frame.Size()))
 		bufs := net.Buffers{prefix[:], frame.AsSlice()}
+		if v.format == framed.Datagram {
+			bufs = bufs[1:]
+		}
 		_, err := bufs.WriteTo(v.conn)
 		frame.Release()
 		pkt.DecRef()
