@@ -41,7 +41,7 @@ func newVM(ctx context.Context, conn net.Conn, format framed.Format, mtu uint32)
 			NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 			TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
 		}),
-		ch:   channel.New(512, mtu, "\x5a\x94\xef\xe4\x0c\xee"),
+		ch:     channel.New(512, mtu, "\x5a\x94\xef\xe4\x0c\xee"),
 		conn:   conn,
 		format: format,
 		done:   make(chan error, 1),
