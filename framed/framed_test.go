@@ -15,6 +15,7 @@ import (
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
 // waitLimit is a hang guard: no test waits this long unless it is broken.
@@ -382,6 +383,52 @@ func TestFramesOwnTheirMemory(t *testing.T) {
 			require.ErrorIs(t, readAll(t, r, 100), io.EOF)
 			assert.Equal(t, len(fs), d.frames)
 			assert.Zero(t, d.copied, "frames copied by PullUp")
+		})
+	}
+}
+
+// packetRecorder is a plain stack.NetworkDispatcher that keeps each
+// packet's link header and payload, and counts batch ends.
+type packetRecorder struct {
+	links, payloads [][]byte
+	protos          []tcpip.NetworkProtocolNumber
+	flushes         int
+}
+
+func (p *packetRecorder) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
+	p.protos = append(p.protos, proto)
+	p.links = append(p.links, append([]byte(nil), pkt.LinkHeader().Slice()...))
+	p.payloads = append(p.payloads, pkt.Data().AsRange().ToSlice())
+}
+
+func (p *packetRecorder) DeliverLinkPacket(tcpip.NetworkProtocolNumber, *stack.PacketBuffer) {}
+
+// flushingRecorder is a packetRecorder that ends batches.
+type flushingRecorder struct{ *packetRecorder }
+
+func (f flushingRecorder) Flush() { f.flushes++ }
+
+// TestDeliverAsPackets checks that a plain dispatcher gets each frame as
+// gVisor's fdbased would build it, and batch ends if it takes them.
+func TestDeliverAsPackets(t *testing.T) {
+	fs := frames(5, 1514, 60)
+	for _, flushing := range []bool{false, true} {
+		t.Run(strconv.FormatBool(flushing), func(t *testing.T) {
+			rec := &packetRecorder{}
+			var d stack.NetworkDispatcher = rec
+			if flushing {
+				d = flushingRecorder{rec}
+			}
+			r, err := NewReader(&pieces{data: encode(Qemu, fs...), size: 1 << 20}, Config{Format: Qemu}, DeliverAsPackets(d))
+			require.NoError(t, err)
+			require.ErrorIs(t, readAll(t, r, 10), io.EOF)
+			require.Len(t, rec.payloads, len(fs))
+			for i, f := range fs {
+				assert.Equal(t, f[:header.EthernetMinimumSize], rec.links[i])
+				assert.Equal(t, f[header.EthernetMinimumSize:], rec.payloads[i])
+				assert.Equal(t, header.IPv4ProtocolNumber, rec.protos[i])
+			}
+			assert.Equal(t, flushing, rec.flushes > 0)
 		})
 	}
 }
