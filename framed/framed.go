@@ -80,8 +80,9 @@ type Config struct {
 	// A longer frame is a framing error. 0 means the largest a chunk
 	// holds, buffer.MaxChunkSize; it may not be more.
 	MaxFrame int
-	// Batch is the number of datagrams read per recvmmsg (Datagram
-	// only). 0 means 64.
+	// Batch is the most datagrams read per recvmmsg (Datagram only),
+	// and no more than fit in one chunk in slots of MaxFrame bytes. 0
+	// means 64.
 	Batch int
 }
 
