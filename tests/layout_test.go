@@ -16,7 +16,7 @@ func TestLibraryImportsNoTooling(t *testing.T) {
 	if err != nil {
 		t.Skip("the go command is not in PATH")
 	}
-	library := []string{"lro", "lroendpoint", "fdbased", "rxbatch"}
+	library := []string{"lro", "lroendpoint", "fdbased", "rxbatch", "framed"}
 	for _, pkg := range library {
 		t.Run(pkg, func(t *testing.T) {
 			out, err := exec.Command(goTool, "list", "-deps", "-f", "{{.ImportPath}}",
