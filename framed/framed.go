@@ -312,9 +312,9 @@ func (r *Reader) release() {
 }
 
 // DeliverAsPackets wraps d, a plain dispatcher, in an
-// rxbatch.FragmentDispatcher that builds each frame's PacketBuffer as
-// gVisor's fdbased does (the frame as payload, its Ethernet header
-// consumed) and calls d.DeliverNetworkPacket. It ends batches on d when d
+// rxbatch.FragmentDispatcher that builds each frame's PacketBuffer with
+// rxbatch.NewPacket, as gVisor's fdbased builds one, and calls
+// d.DeliverNetworkPacket. It ends batches on d when d
 // is an rxbatch.Flusher.
 func DeliverAsPackets(d stack.NetworkDispatcher) rxbatch.FragmentDispatcher {
 	if f, ok := d.(rxbatch.Flusher); ok {
@@ -328,9 +328,7 @@ type packets struct{ d stack.NetworkDispatcher }
 
 // DeliverFragments implements rxbatch.FragmentDispatcher.
 func (p packets) DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderLen int, buf buffer.Buffer) {
-	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buf})
-	pkt.LinkHeader().Consume(linkHeaderLen)
-	pkt.NetworkProtocolNumber = proto
+	pkt := rxbatch.NewPacket(proto, linkHeaderLen, buf, false) // a frame transport verifies nothing
 	p.d.DeliverNetworkPacket(proto, pkt)
 	pkt.DecRef()
 }

@@ -3,7 +3,8 @@ package lro
 import (
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/netlro/netlro/rxbatch"
 )
 
 // The held packets of the bytes path (DeliverBytes). The caller's buffer
@@ -33,11 +34,11 @@ import (
 const minRoom = 4096
 
 // holdCopy makes r, the caller's packet of hdrLen bytes of headers and
-// payload bytes of payload, the held packet of f.
+// payload bytes of payload, the held packet of f. Its checksums were
+// verified, or trusted, before it could be held.
 func holdCopy(f *session, proto tcpip.NetworkProtocolNumber, r *packetRef, hdrLen, payload int) {
 	buf := buffer.MakeWithView(buffer.NewViewWithData(r.raw[:hdrLen]))
-	f.pkt = stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buf})
-	f.pkt.NetworkProtocolNumber = proto
+	f.pkt = rxbatch.NewPacket(proto, 0, buf, true)
 	f.grows = true
 	copyPayload(f, r, hdrLen, payload)
 }
