@@ -21,10 +21,9 @@ import (
 // each its own Queue (rxbatch.MultiQueue). Flush, Stats, SetMerging and
 // Close on the Engine cover every queue.
 type Engine struct {
-	own *Queue // the table of what is delivered to the Engine itself
-	// off is set while SetMerging has turned merging off; every queue
-	// reads it.
-	off *atomic.Bool
+	// own is the table of what is delivered to the Engine itself. Its off
+	// flag, set while SetMerging has turned merging off, is every queue's.
+	own *Queue
 
 	qmu    sync.Mutex // guards writes to queues
 	queues atomic.Pointer[[]*Queue]
@@ -72,8 +71,7 @@ func New(next stack.NetworkDispatcher, cfg Config) (*Engine, error) {
 		return nil, err
 	}
 	cfg.local = rxbatch.LocalityOf(next)
-	off := new(atomic.Bool)
-	return &Engine{own: newQueue(next, cfg, off), off: off}, nil
+	return &Engine{own: newQueue(next, cfg, new(atomic.Bool))}, nil
 }
 
 // newQueue makes a queue from a checked Config, switched by off.

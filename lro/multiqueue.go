@@ -24,7 +24,7 @@ func (e *Engine) queue(i int) *Queue {
 		qs = *p
 	}
 	for len(qs) <= i {
-		q := newQueue(e.own.next, e.own.cfg, e.off)
+		q := newQueue(e.own.next, e.own.cfg, e.own.off)
 		if e.own.closed.Load() {
 			q.closed.Store(true)
 		}

@@ -11,10 +11,10 @@ package lro
 // It covers every queue of the engine, and may be called from any
 // goroutine, concurrently with deliveries.
 func (e *Engine) SetMerging(on bool) {
-	if e.off.Swap(!on) != !on && !on {
+	if e.own.off.Swap(!on) != !on && !on {
 		e.Flush()
 	}
 }
 
 // Merging reports whether merging is on, as it is after New.
-func (e *Engine) Merging() bool { return !e.off.Load() }
+func (e *Engine) Merging() bool { return !e.own.off.Load() }
