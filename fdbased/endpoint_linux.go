@@ -36,10 +36,9 @@ type endpointSys struct {
 type link struct {
 	fd       int
 	isSocket bool
-	// ring says that fd is read with io_uring, if its ring can be set
-	// up when dispatch starts, and with read(2) if not.
-	ring bool
-	// planned is the source New chose for fd.
+	// planned is the source New chose for fd. With io_uring, fd is read
+	// through a ring if one can be set up when dispatch starts, and with
+	// read(2) if not.
 	planned SourceChoice
 	// choice is what Sources reports for fd: planned, or read(2) and
 	// why after the dispatch goroutine failed to set up a ring.
@@ -96,7 +95,7 @@ func newEndpointProbe(opts *Options, probe func() error) (*Endpoint, error) {
 			return nil, err
 		}
 		l := &e.sys.links[i]
-		l.fd, l.isSocket, l.ring, l.planned = fd, isSocket, c.Source == SourceIOUring, c
+		l.fd, l.isSocket, l.planned = fd, isSocket, c
 		l.choice.Store(&l.planned)
 	}
 	if err := joinFanout(e.sys.links); err != nil {

@@ -27,7 +27,7 @@ type reader struct {
 	stopFD int
 	bufs   rxBufs
 	// src reads the fd with recvmmsg or read(2); run reads it with
-	// io_uring instead where l.ring says so and the ring can be set up.
+	// io_uring instead where l.planned says so and the ring can be set up.
 	src source
 	// vnetDrops counts the packets the kernel dropped for want of a
 	// virtio_net_hdr; nil without Options.VNetHdr.
@@ -56,7 +56,7 @@ func newReader(e *Endpoint, l *link, queue, stopFD, batch int) *reader {
 func (r *reader) run() tcpip.Error {
 	defer r.bufs.free()
 	src, ring := r.src, false
-	if r.l.ring {
+	if r.l.planned.Source == SourceIOUring {
 		// Completions are task work of the submitting thread.
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
