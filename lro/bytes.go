@@ -37,7 +37,7 @@ const minRoom = 4096
 // payload bytes of payload, the held packet of f. Its checksums were
 // verified, or trusted, before it could be held.
 func holdCopy(f *session, proto tcpip.NetworkProtocolNumber, r *packetRef, hdrLen, payload int) {
-	buf := buffer.MakeWithView(buffer.NewViewWithData(r.raw[:hdrLen]))
+	buf := buffer.MakeWithView(buffer.NewViewWithData(r.head[:hdrLen]))
 	f.pkt = rxbatch.NewPacket(proto, 0, buf, true)
 	f.grows = true
 	copyPayload(f, r, hdrLen, payload)

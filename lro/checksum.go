@@ -126,7 +126,7 @@ func setChecksums(hdr []byte, v6 bool, ipLen, tcpLen, payload int, sum uint16) {
 // checksum and TCP and UDP checksums. It returns false with the drop
 // reason for a packet that fails or cannot be checked.
 func verifyForOffload(r *packetRef, proto tcpip.NetworkProtocolNumber) (counter, bool) {
-	size := r.size()
+	size := r.size
 	switch proto {
 	case header.IPv4ProtocolNumber:
 		return verifyIPv4ForOffload(r, size)

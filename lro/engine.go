@@ -124,7 +124,7 @@ func (e *Engine) DeliverBytes(proto tcpip.NetworkProtocolNumber, b []byte) {
 // and a merged packet's payload views move to the held packet, leaving pkt
 // empty for the caller to release.
 func (q *Queue) DeliverNetworkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.PacketBuffer) {
-	r := packetRef{pkt: pkt}
+	r := packetOf(pkt)
 	q.handle(proto, &r)
 }
 
@@ -138,9 +138,9 @@ func (q *Queue) DeliverLinkPacket(proto tcpip.NetworkProtocolNumber, pkt *stack.
 // only for a packet that passes through or starts a session; a segment
 // that merges costs its views only.
 func (q *Queue) DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderLen int, buf buffer.Buffer) {
-	r := packetRef{buf: buf, off: linkHeaderLen}
+	r := frameOf(buf, linkHeaderLen)
 	q.handle(proto, &r)
-	r.buf.Release() // whatever was not moved into a packet
+	r.src.buf.Release() // whatever was not moved into a packet
 }
 
 // DeliverBytes implements BytesDispatcher: b is one IP packet of protocol
@@ -157,10 +157,7 @@ func (q *Queue) DeliverFragments(proto tcpip.NetworkProtocolNumber, linkHeaderLe
 // verified them (lroendpoint with a lower endpoint reporting
 // stack.CapabilityRXChecksumOffload). End each batch with Flush.
 func (q *Queue) DeliverBytes(proto tcpip.NetworkProtocolNumber, b []byte) {
-	if b == nil {
-		b = []byte{} // raw marks the path; an empty packet passes
-	}
-	r := packetRef{raw: b}
+	r := bytesOf(b)
 	q.handle(proto, &r)
 }
 
@@ -199,7 +196,7 @@ func (q *Queue) handle(proto tcpip.NetworkProtocolNumber, r *packetRef) {
 
 // validated reports whether the lower endpoint verified r's checksums.
 func (q *Queue) validated(r *packetRef) bool {
-	return q.cfg.TrustChecksums || (r.pkt != nil && r.pkt.RXChecksumValidated)
+	return q.cfg.TrustChecksums || r.validated
 }
 
 // pass delivers a packet that belongs to no session, after the checks that
@@ -354,31 +351,15 @@ func (q *Queue) deliver(sh *shard, it *pending) {
 func (q *Queue) hold(f *session, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment) {
 	q.start(f, s)
 	f.grows, f.room, f.lastView = false, nil, 0
-	switch {
-	case r.pkt != nil:
-		f.pkt = r.pkt.IncRef()
-	case r.raw != nil:
+	if r.keeps() {
+		f.pkt = r.keep(proto)
+	} else {
 		holdCopy(f, proto, r, s.ipLen+s.tcpLen, s.payload)
-	default:
-		f.pkt = newPacket(proto, r, true) // a candidate: verified, or trusted
 	}
 	if q.timer != nil {
 		f.heldAt = q.cfg.Clock.NowMonotonic()
 	}
 	// The headers are rewritten at flush: they must not be shared. A
 	// chunk from a link endpoint is not, and then this copies nothing.
-	f.hdr, _ = pullUpWritable(f.pkt, nil, 0, s.ipLen+s.tcpLen)
-}
-
-// newPacket builds a PacketBuffer from a receive-in-pages frame, as
-// rxbatch.NewPacket does; the frame's views move into the packet. The
-// caller's bytes are copied into a pooled view. verified says its
-// checksums were verified, by the engine or below it.
-func newPacket(proto tcpip.NetworkProtocolNumber, r *packetRef, verified bool) *stack.PacketBuffer {
-	if r.raw != nil {
-		r.buf = buffer.MakeWithData(r.raw)
-	}
-	pkt := rxbatch.NewPacket(proto, r.off, r.buf, verified)
-	r.buf = buffer.Buffer{} // the packet owns the views now
-	return pkt
+	f.hdr, _ = f.pkt.Data().PullUp(s.ipLen + s.tcpLen)
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 
-	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/netlro/netlro/internal/csum"
@@ -185,23 +184,13 @@ func (q *Queue) merge(f *session, s *segment, r *packetRef) {
 
 // appendPayload appends the payload of s, the packet r, to f's held
 // packet: copied into its own views when the engine made it (bytes.go),
-// else by moving r's views (no copy), or, for the caller's bytes, as a
-// pooled copy.
+// else moved from r (packetRef.moveTo).
 func appendPayload(f *session, s *segment, r *packetRef) {
-	hdrLen := s.ipLen + s.tcpLen
-	switch {
-	case f.grows:
-		copyPayload(f, r, hdrLen, s.payload)
-	case r.pkt != nil:
-		// The headers are contiguous already, so Consume copies nothing.
-		r.pkt.Data().Consume(hdrLen)
-		f.pkt.Data().Merge(r.pkt.Data())
-	case r.raw != nil:
-		f.pkt.Data().AppendView(buffer.NewViewWithData(r.raw[hdrLen:]))
-	default:
-		r.buf.TrimFront(int64(r.off + hdrLen))
-		f.pkt.Data().MergeBuffer(&r.buf)
+	if f.grows {
+		copyPayload(f, r, s.ipLen+s.tcpLen, s.payload)
+		return
 	}
+	r.moveTo(f.pkt, s.ipLen+s.tcpLen)
 }
 
 // done reports whether f can take no more segments: MaxSegments reached,

@@ -3,165 +3,9 @@ package lro
 import (
 	"encoding/binary"
 
-	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/stack"
-
-	"github.com/netlro/netlro/internal/csum"
 )
-
-// packetRef is the packet being processed: a PacketBuffer on the
-// DeliverNetworkPacket path, a bare buffer on the receive-in-pages path, or
-// the caller's bytes on the DeliverBytes path.
-type packetRef struct {
-	pkt *stack.PacketBuffer
-	// raw is the caller's packet on the DeliverBytes path, from the
-	// network header on. It is read during the call and copied from,
-	// never kept.
-	raw []byte
-	// buf is the frame when pkt is nil. It is held by value: a pointer
-	// would share pkt's escape and move every frame's Buffer to the heap.
-	buf buffer.Buffer
-	off int // offset of the network header in buf
-	// head is the first view's bytes from the network header on, found by
-	// the first pullUp: parsing pulls up three or more times per packet,
-	// and finding the view each time showed in the engine's instruction
-	// count (docs/results.md).
-	head []byte
-}
-
-// pullUp returns the first n bytes from the network header on, contiguous,
-// for reading. A link endpoint reads a frame into one view, so the bytes
-// are nearly always there already; otherwise the views are pulled up.
-func (r *packetRef) pullUp(n int) ([]byte, bool) {
-	if r.raw != nil {
-		if n < 0 || n > len(r.raw) {
-			return nil, false
-		}
-		return r.raw[:n], true
-	}
-	if r.head == nil {
-		l, off := r.views()
-		if v := l.Front(); v != nil && off < v.Size() {
-			r.head = v.AsSlice()[off:]
-		}
-	}
-	if n >= 0 && n <= len(r.head) {
-		return r.head[:n], true
-	}
-	// Pulling up joins views into a new one and releases the old ones:
-	// head must be found again.
-	r.head = nil
-	return pullUpWritable(r.pkt, &r.buf, r.off, n)
-}
-
-// pullUpWritable returns the first n bytes from the network header on of
-// pkt, or of buf at off if pkt is nil, contiguous and safe to write: a
-// chunk shared with another buffer is copied first.
-func pullUpWritable(pkt *stack.PacketBuffer, buf *buffer.Buffer, off, n int) ([]byte, bool) {
-	if pkt != nil {
-		return pkt.Data().PullUp(n)
-	}
-	v, ok := buf.PullUp(off, n)
-	return v.AsSlice(), ok
-}
-
-// size returns the number of bytes from the network header on.
-func (r *packetRef) size() int {
-	if r.raw != nil {
-		return len(r.raw)
-	}
-	if r.pkt != nil {
-		return r.pkt.Data().Size()
-	}
-	return int(r.buf.Size()) - r.off
-}
-
-// sum returns the RFC 1071 sum of the n bytes at off from the network
-// header on.
-func (r *packetRef) sum(off, n int) uint16 {
-	if r.raw != nil {
-		return csum.Checksum(r.raw[off:off+n], 0)
-	}
-	l, base := r.views()
-	return sumViews(l, base+off, n)
-}
-
-// copyTo copies into dst the bytes of the packet from off (past the
-// network header) on, as many as fit.
-func (r *packetRef) copyTo(dst []byte, off int) {
-	if r.raw != nil {
-		copy(dst, r.raw[off:])
-		return
-	}
-	l, base := r.views()
-	copyViews(l, base+off, dst)
-}
-
-// views returns the packet's views and the offset of the network header in
-// them. The caller's bytes (raw) have none.
-func (r *packetRef) views() (buffer.ViewList, int) {
-	if r.pkt != nil {
-		l, off := r.pkt.AsViewList()
-		// Inbound packets push nothing: the data starts past what the
-		// link endpoint consumed.
-		return l, off + r.pkt.HeaderSize()
-	}
-	return r.buf.AsViewList(), r.off
-}
-
-// linkID returns the link identity of the packet: the Ethernet source
-// address and, for an 802.1Q header, the VLAN ID. inet_lro keyed flows by
-// addresses and ports only, so two VLANs carrying the same 4-tuple merged.
-//
-// It copies the bytes it needs rather than pulling the link header up:
-// pulling up may join views, or copy a shared chunk, and release the view
-// the parsed headers point into.
-func (r *packetRef) linkID() uint64 {
-	if r.raw != nil {
-		return 0 // from the network header on: no link header
-	}
-	var l buffer.ViewList
-	var off, n int
-	if r.pkt != nil {
-		// Inbound, all a packet has consumed is its link header.
-		l, off = r.pkt.AsViewList()
-		n = r.pkt.HeaderSize()
-	} else {
-		l, n = r.buf.AsViewList(), r.off
-	}
-	var raw [header.EthernetMinimumSize + 4]byte
-	lh := raw[:copyViews(l, off, raw[:min(n, len(raw))])]
-	if len(lh) < header.EthernetMinimumSize {
-		return 0
-	}
-	var id uint64
-	for _, b := range lh[6:12] {
-		id = id<<8 | uint64(b)
-	}
-	const tpid8021Q = 0x8100
-	if len(lh) >= header.EthernetMinimumSize+4 && binary.BigEndian.Uint16(lh[12:]) == tpid8021Q {
-		id |= uint64(binary.BigEndian.Uint16(lh[14:])&0xfff) << 48
-	}
-	return id
-}
-
-// copyViews copies into dst the bytes of l from off on, as many as fit,
-// and returns how many it copied. It walks the views as sumViews does.
-func copyViews(l buffer.ViewList, off int, dst []byte) int {
-	n := 0
-	for v := l.Front(); v != nil && n < len(dst); v = v.Next() {
-		b := v.AsSlice()
-		if off >= len(b) {
-			off -= len(b)
-			continue
-		}
-		n += copy(dst[n:], b[off:])
-		off = 0
-	}
-	return n
-}
 
 // verdict is what parsing a packet decided, before its flow is looked up.
 type verdict uint8
@@ -217,7 +61,7 @@ func (s *segment) tcp() header.TCP { return header.TCP(s.hdr[s.ipLen:]) }
 // checks one thing at a time, as gVisor's gro.dispatch4 does, and never
 // reads a length off the wire before comparing it with what is there.
 func parseSegment(r *packetRef, proto tcpip.NetworkProtocolNumber, s *segment) verdict {
-	size := r.size()
+	size := r.size
 	switch proto {
 	case header.IPv4ProtocolNumber:
 		return parseIPv4(r, size, s)

@@ -48,14 +48,11 @@ func sessionItem(f session, cause counter, h uint64) pending {
 	return pending{s: f, proto: proto, lane: laneOf(h), owned: true}
 }
 
-// passItem is the packet of r, delivered as it is; h is its flow's hash.
-// The caller's PacketBuffer is borrowed; a receive-in-pages frame becomes
-// a packet the engine owns, flagged verified if its checksums were.
+// passItem is the packet of r, delivered as it is; h is its flow's hash,
+// and verified says its checksums were verified (packetRef.packet).
 func passItem(proto tcpip.NetworkProtocolNumber, r *packetRef, reason counter, h uint64, verified bool) pending {
-	if r.pkt != nil {
-		return pending{s: session{pkt: r.pkt, cause: reason}, proto: proto, lane: laneOf(h)}
-	}
-	return pending{s: session{pkt: newPacket(proto, r, verified), cause: reason}, proto: proto, lane: laneOf(h), owned: true}
+	pkt, owned := r.packet(proto, verified)
+	return pending{s: session{pkt: pkt, cause: reason}, proto: proto, lane: laneOf(h), owned: owned}
 }
 
 // lane is one ordered path to netstack.

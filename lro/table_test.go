@@ -162,7 +162,7 @@ func TestParseLeavesViews(t *testing.T) {
 	plain := append(make([]byte, header.EthernetMinimumSize), seg...)
 	plain[11], plain[12], plain[13] = 7, 0x08, 0x00
 	tagged := append(append(bytes.Clone(plain[:12]), 0x81, 0x00, 0x00, 0x2a, 0x08, 0x00), seg...)
-	releaseBuf := func(r *packetRef) { r.buf.Release() }
+	releaseBuf := func(r *packetRef) { r.src.buf.Release() }
 	split := func(frame []byte, at int) buffer.Buffer {
 		b := buffer.MakeWithData(frame[:at])
 		rest := buffer.MakeWithData(frame[at:])
@@ -175,15 +175,15 @@ func TestParseLeavesViews(t *testing.T) {
 		wantID uint64
 	}{
 		{"link header split", func() (packetRef, func(*packetRef)) {
-			return packetRef{buf: split(plain, 5), off: header.EthernetMinimumSize}, releaseBuf
+			return frameOf(split(plain, 5), header.EthernetMinimumSize), releaseBuf
 		}, 7},
 		{"VLAN tag split", func() (packetRef, func(*packetRef)) {
-			return packetRef{buf: split(tagged, 15), off: len(tagged) - len(seg)}, releaseBuf
+			return frameOf(split(tagged, 15), len(tagged)-len(seg)), releaseBuf
 		}, 42<<48 | 7},
 		{"shared chunk", func() (packetRef, func(*packetRef)) {
 			orig := testpacket.NewPacket(plain)
 			orig.LinkHeader().Consume(header.EthernetMinimumSize)
-			return packetRef{pkt: orig.Clone()}, func(r *packetRef) { r.pkt.DecRef(); orig.DecRef() }
+			return packetOf(orig.Clone()), func(r *packetRef) { r.src.pkt.DecRef(); orig.DecRef() }
 		}, 7},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -193,8 +193,7 @@ func TestParseLeavesViews(t *testing.T) {
 			// numbers (assert.Equal would compare what pointers point to).
 			starts := func() []uintptr {
 				var out []uintptr
-				l, _ := r.views()
-				for v := l.Front(); v != nil; v = v.Next() {
+				for v := r.views.Front(); v != nil; v = v.Next() {
 					out = append(out, uintptr(unsafe.Pointer(unsafe.SliceData(v.AsSlice()))))
 				}
 				return out
