@@ -80,27 +80,11 @@ func newEndpointProbe(opts *Options, probe func() error) (*Endpoint, error) {
 	if opts.TXChecksumOffload {
 		e.caps |= stack.CapabilityTXChecksumOffload
 	}
-	e.sys.links = make([]link, len(opts.FDs))
-	ringErr := errNotProbed
-	for i, fd := range opts.FDs {
-		isSocket, err := checkFD(fd)
-		if err != nil {
-			return nil, err
-		}
-		if ringErr == errNotProbed && !isSocket && !opts.VNetHdr && (opts.Source == SourceAuto || opts.Source == SourceIOUring) {
-			ringErr = probe() // once, and only for a fd that could use it
-		}
-		c, err := chooseSource(fd, isSocket, opts, ringErr)
-		if err != nil {
-			return nil, err
-		}
-		l := &e.sys.links[i]
-		l.fd, l.isSocket, l.planned = fd, isSocket, c
-		l.choice.Store(&l.planned)
-	}
-	if err := joinFanout(e.sys.links); err != nil {
+	links, err := planLinks(opts, probe)
+	if err != nil {
 		return nil, err
 	}
+	e.sys.links = links
 	stopFD, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("fdbased: eventfd: %w", err)
@@ -113,6 +97,34 @@ func newEndpointProbe(opts *Options, probe func() error) (*Endpoint, error) {
 		l.r = newReader(e, l, i, stopFD, e.batchSize)
 	}
 	return e, nil
+}
+
+// planLinks checks each of opts.FDs and chooses how it is read, probing
+// io_uring once, and only if a fd could use it. The links join one
+// PACKET_FANOUT group if they are packet sockets.
+func planLinks(opts *Options, probe func() error) ([]link, error) {
+	links := make([]link, len(opts.FDs))
+	ringErr := errNotProbed
+	for i, fd := range opts.FDs {
+		isSocket, err := checkFD(fd)
+		if err != nil {
+			return nil, err
+		}
+		if ringErr == errNotProbed && !isSocket && !opts.VNetHdr && (opts.Source == SourceAuto || opts.Source == SourceIOUring) {
+			ringErr = probe()
+		}
+		c, err := chooseSource(fd, isSocket, opts, ringErr)
+		if err != nil {
+			return nil, err
+		}
+		l := &links[i]
+		l.fd, l.isSocket, l.planned = fd, isSocket, c
+		l.choice.Store(&l.planned)
+	}
+	if err := joinFanout(links); err != nil {
+		return nil, err
+	}
+	return links, nil
 }
 
 // checkOptions says what is wrong with opts, if anything.

@@ -248,40 +248,21 @@ func (q *Queue) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pac
 	sh.mu.Lock()
 	sh.q.reserve(len(out))
 	i, kept := q.sessionOf(sh, proto, s, len(out))
-	if !kept {
-		s.reason = cPassNotLocal
+	a := actionStart
+	switch {
+	case !kept:
+		a, s.reason = actionPass, cPassNotLocal
+	case i >= 0:
+		a = q.classify(&sh.flows[i].session, s)
+		s.reason = cPassOutOfOrder // if a is actionPass
+	}
+	if a == actionPass {
+		// The held packet first, then s as it is (inet_lro: flush, then
+		// hand up what cannot join).
 		q.passAfterFlow(sh, proto, r, s, len(out))
 		return
 	}
-	a := actionStart
-	if i >= 0 {
-		a = q.classify(&sh.flows[i].session, s)
-	}
-	n := 0
-	switch a {
-	case actionMerge:
-		q.merge(&sh.flows[i].session, s, r)
-		sh.merged++
-	case actionPass:
-		// The held packet first, then s as it is (inet_lro: flush, then
-		// hand up what cannot join).
-		h := sh.flows[i].hash
-		out[0] = sh.take(i, cFlushOrder)
-		out[1] = passItem(proto, r, cPassOutOfOrder, h, true)
-		q.unlockAndDeliver(sh, out[:2], len(out), false)
-		return
-	case actionStart:
-		if sh.full() {
-			out[n] = sh.take(sh.oldest, cFlushEvict)
-			n++
-		}
-		i = sh.insert(s, q.seed)
-		q.hold(&sh.flows[i].session, proto, r, s)
-	default: // the session ends and s starts the next one in its slot
-		out[n] = sessionItem(sh.flows[i].session, a.flushCause(), sh.flows[i].hash)
-		n++
-		q.hold(&sh.flows[i].session, proto, r, s)
-	}
+	i, n := q.apply(sh, i, a, proto, r, s, out[:])
 	done := q.done(&sh.flows[i].session, s)
 	if done {
 		out[n] = sh.take(i, cFlushLimit)
@@ -296,6 +277,33 @@ func (q *Queue) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pac
 	if a != actionMerge && !done {
 		q.armTimer(q.cfg.FlushDelay) // s is held now
 	}
+}
+
+// apply does a, which is not actionPass, with s: merge it into the
+// session in slot i, or start a session for it (i is -1), or end the
+// session in slot i and hold s in its place. It returns the slot of s's
+// session and how many packets it put in out, which left the table.
+//
+// +checklocks:sh.mu
+func (q *Queue) apply(sh *shard, i int32, a action, proto tcpip.NetworkProtocolNumber, r *packetRef, s *segment, out []pending) (int32, int) {
+	switch a {
+	case actionMerge:
+		q.merge(&sh.flows[i].session, s, r)
+		sh.merged++
+		return i, 0
+	case actionStart:
+		n := 0
+		if sh.full() {
+			out[n] = sh.take(sh.oldest, cFlushEvict)
+			n++
+		}
+		i = sh.insert(s, q.seed)
+		q.hold(&sh.flows[i].session, proto, r, s)
+		return i, n
+	}
+	out[0] = sessionItem(sh.flows[i].session, a.flushCause(), sh.flows[i].hash)
+	q.hold(&sh.flows[i].session, proto, r, s)
+	return i, 1
 }
 
 // sessionOf returns the slot of s's session, or -1 if s would start
