@@ -113,8 +113,9 @@ func teardownPeer(s *stack.Stack, ep stack.LinkEndpoint) {
 // receiver's NIC is on lroendpoint around the lower endpoint; the peer's
 // on a plain endpoint. Each iteration checks that neither teardown hangs
 // (-teardown.deadline) or panics, that no goroutine is left, and that the
-// engine holds nothing afterwards; each row then runs gVisor's leak
-// checker, which TestMain runs again at the end.
+// engine holds nothing afterwards, and runs gVisor's leak checker, so that
+// a leak is reported against the iteration and order that made it; each
+// row runs it again, and TestMain at the end.
 //
 // A row stops at its first hang, dumping every goroutine: what hung keeps
 // the stack's lock for good. -teardown.keepgoing counts hangs instead
@@ -251,10 +252,11 @@ func runTeardownRow(t *testing.T, row tdRow) (hangs, done int) {
 	t.Logf("%d iterations in %v (%s): %d hung [%s], %d failed otherwise; %d with %d KiB read by each side before the teardown; engine: %d packets in, %d out",
 		st.iterations, time.Since(start).Round(time.Millisecond), strings.Join(phases, ", "), hangs, strings.Join(byOrder, ", "), st.failed,
 		st.flowing, teardownFlow>>10, st.engineIn, st.engineOut)
-	if hangs == 0 && !t.Failed() {
+	if hangs == 0 && !t.Failed() && !leakReported {
 		// Nothing runs now that could hold a packet: every stack and
 		// endpoint of the row is gone.
 		if err := repeatedLeakCheck(); err != nil {
+			leakReported = true
 			t.Errorf("gVisor's leak checker after the row: %v", err)
 		}
 	}
@@ -267,6 +269,12 @@ type tdResult struct {
 	hung   bool // a teardown did not return within -teardown.deadline
 	failed bool // anything else failed
 }
+
+// leakReported is set once a leak check of an iteration or a row failed:
+// what leaked stays in the checker's list for good, and every later check
+// would report it again, against a row that did not leak it. TestMain's
+// check at the end still reports it.
+var leakReported bool
 
 // leakModeOnce relaxes the leak checker after the first hang.
 var leakModeOnce sync.Once
@@ -411,6 +419,15 @@ func teardownIteration(t *testing.T, row tdRow, i int, dumps *[2]int, st *tdStat
 	if n := settleGoroutines(want, teardownSettle); n > want {
 		fail("%d goroutines %v after teardown, %d before it (%d allowed for the lower endpoint's known leak)", n, teardownSettle, base, row.leaked)
 		dump(1)
+	}
+	if !res.failed && !leakReported {
+		// Every stack and endpoint of the iteration is gone: nothing
+		// refcounted may be live now. Checked here, each leak is
+		// found in the iteration, and the order, that made it.
+		if err := repeatedLeakCheck(); err != nil {
+			leakReported = true
+			fail("gVisor's leak checker after the iteration: %v", err)
+		}
 	}
 	phase(phaseSettle)
 	return res
