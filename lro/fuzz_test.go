@@ -2,10 +2,13 @@ package lro
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"testing"
 
+	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/netlro/netlro/internal/testpacket"
 )
@@ -90,7 +93,12 @@ func FuzzEngine(f *testing.F) {
 			if p == viaPacket && len(pkt) == 0 {
 				p = viaFragments // a PacketBuffer needs a byte
 			}
-			feed(e, p, pkt)
+			if op&0x10 != 0 && p != viaBytes {
+				// With a link header, split into two views anywhere.
+				feedSplit(e, p, pkt, int(next()))
+			} else {
+				feed(e, p, pkt)
+			}
 		}
 		e.Flush()
 		out := rec.take()
@@ -166,4 +174,31 @@ func summarize(m map[string][]byte) map[string]int {
 		s[k] = len(v)
 	}
 	return s
+}
+
+// feedSplit is feed, for the PacketBuffer and frame paths, of b behind an
+// Ethernet header, in two views split at (at mod the frame's length): the
+// engine reads a header wherever the views put it, and joins them only
+// when a header spans two. The header's source address is zero, the link
+// identity of a packet without one, so that its flow is the same whichever
+// way a packet comes (a flow is keyed by its link source too).
+func feedSplit(e target, p path, b []byte, at int) {
+	frame := make([]byte, header.EthernetMinimumSize, header.EthernetMinimumSize+len(b))
+	proto := testpacket.Proto(b)
+	binary.BigEndian.PutUint16(frame[12:], uint16(proto))
+	frame = append(frame, b...)
+	at %= len(frame) + 1
+	buf := buffer.MakeWithData(frame[:at])
+	rest := buffer.MakeWithData(frame[at:])
+	buf.Merge(&rest)
+	if p == viaFragments {
+		e.DeliverFragments(proto, header.EthernetMinimumSize, buf)
+		return
+	}
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buf})
+	defer pkt.DecRef()
+	if _, ok := pkt.LinkHeader().Consume(header.EthernetMinimumSize); !ok {
+		return
+	}
+	e.DeliverNetworkPacket(proto, pkt)
 }
