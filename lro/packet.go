@@ -36,8 +36,8 @@ type packetRef struct {
 	src       packetSource
 }
 
-// packetSource is who owns a packetRef's bytes. Exactly one of its forms
-// is set.
+// packetSource is who owns a packetRef's bytes: the caller's PacketBuffer
+// (pkt set), the caller's bytes (bytes set), or else a frame (buf).
 type packetSource struct {
 	// pkt is the caller's PacketBuffer, lent for the call: passed up as
 	// it is, or held with a reference of the engine's own.
