@@ -253,8 +253,9 @@ func (q *Queue) mergeOrHold(sh *shard, proto tcpip.NetworkProtocolNumber, r *pac
 	case !kept:
 		a, s.reason = actionPass, cPassNotLocal
 	case i >= 0:
-		a = q.classify(&sh.flows[i].session, s)
-		s.reason = cPassOutOfOrder // if a is actionPass
+		if a = q.classify(&sh.flows[i].session, s); a == actionPass {
+			s.reason = cPassOutOfOrder
+		}
 	}
 	if a == actionPass {
 		// The held packet first, then s as it is (inet_lro: flush, then
