@@ -37,9 +37,9 @@ type sockSource struct {
 	// seqpacket: a message of length 0 is the end, not an empty frame.
 	seqpacket bool
 	recvFn    func(fd uintptr) bool
-	recvmFn   func(fd uintptr) bool
 
 	// The current call's arguments and results.
+	batch bool // recvmmsg into msgs, else recvfrom into p
 	p     []byte
 	wait  bool
 	n     int
@@ -76,35 +76,58 @@ func newSockSource(conn io.Reader) *sockSource {
 		return nil
 	}
 	s := &sockSource{rc: rc, seqpacket: sotype == unix.SOCK_SEQPACKET}
-	s.recvFn, s.recvmFn = s.recv, s.recvm
+	s.recvFn = s.recv
 	return s
 }
 
 // read implements source with recvfrom.
 func (s *sockSource) read(p []byte, wait bool) (int, error) {
-	s.p, s.wait = p, wait
-	err := s.rc.Read(s.recvFn)
+	s.p = p
+	err := s.call(false, wait)
 	s.p = nil
-	switch {
-	case err != nil:
+	if err != nil {
 		return 0, err
-	case s.errno == unix.EAGAIN:
-		return 0, errWouldBlock
-	case s.errno != 0:
-		return 0, os.NewSyscallError("recvfrom", s.errno)
-	case s.n == 0:
+	}
+	if s.n == 0 {
 		return 0, io.EOF
 	}
 	return s.n, nil
 }
 
-// recv is the function read hands to syscall.RawConn.Read: it returns
+// call makes one read of the socket through the poller, recvmmsg into
+// msgs if batch, else recvfrom into p, and leaves its count in n. It
+// returns errWouldBlock if nothing was ready and the caller does not
+// wait.
+func (s *sockSource) call(batch, wait bool) error {
+	s.batch, s.wait = batch, wait
+	err := s.rc.Read(s.recvFn)
+	switch {
+	case err != nil:
+		return err
+	case s.errno == unix.EAGAIN:
+		return errWouldBlock
+	case s.errno != 0 && batch:
+		return os.NewSyscallError("recvmmsg", s.errno)
+	case s.errno != 0:
+		return os.NewSyscallError("recvfrom", s.errno)
+	}
+	return nil
+}
+
+// recv is the function call hands to syscall.RawConn.Read: it returns
 // false, to wait for the socket, only when the caller waits and nothing
 // is ready.
 func (s *sockSource) recv(fd uintptr) bool {
 	for {
-		n, _, errno := unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&s.p[0])),
-			uintptr(len(s.p)), unix.MSG_DONTWAIT, 0, 0)
+		var n uintptr
+		var errno unix.Errno
+		if s.batch {
+			n, _, errno = unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&s.msgs[0])),
+				uintptr(len(s.msgs)), unix.MSG_DONTWAIT, 0, 0)
+		} else {
+			n, _, errno = unix.RawSyscall6(unix.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&s.p[0])),
+				uintptr(len(s.p)), unix.MSG_DONTWAIT, 0, 0)
+		}
 		if errno == unix.EINTR {
 			continue
 		}
@@ -132,15 +155,8 @@ func (s *sockSource) readMsgs(p []byte, size int, lens []int, wait bool) (int, e
 		s.msgs[k].Msg.Iov = &s.iovs[k]
 		s.msgs[k].Msg.SetIovlen(1)
 	}
-	s.wait = wait
-	err := s.rc.Read(s.recvmFn)
-	switch {
-	case err != nil:
+	if err := s.call(true, wait); err != nil {
 		return 0, err
-	case s.errno == unix.EAGAIN:
-		return 0, errWouldBlock
-	case s.errno != 0:
-		return 0, os.NewSyscallError("recvmmsg", s.errno)
 	}
 	for k := range s.n {
 		lens[k] = int(s.msgs[k].Len)
@@ -157,20 +173,4 @@ func (s *sockSource) readMsgs(p []byte, size int, lens []int, wait bool) (int, e
 		}
 	}
 	return s.n, nil
-}
-
-// recvm is recv for recvmmsg.
-func (s *sockSource) recvm(fd uintptr) bool {
-	for {
-		n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&s.msgs[0])),
-			uintptr(len(s.msgs)), unix.MSG_DONTWAIT, 0, 0)
-		if errno == unix.EINTR {
-			continue
-		}
-		if errno == unix.EAGAIN && s.wait {
-			return false
-		}
-		s.n, s.errno = int(n), errno
-		return true
-	}
 }
