@@ -24,17 +24,10 @@ func (r *Reader) readDatagrams() error {
 	r.stats.Reads++
 	r.drained = n < len(r.lens)
 	for k, l := range r.lens[:n] {
-		msg := ""
-		switch {
-		case l == 0:
-			msg = "zero length"
-		case l > size:
-			msg = "longer than the largest frame"
-		default:
-			r.deliver(k*size, l)
-			continue
+		if err := r.checkLen(r.off+int64(k), l); err != nil {
+			return err
 		}
-		return &FrameError{Format: Datagram, Offset: r.off + int64(k), Length: l, Msg: msg}
+		r.deliver(k*size, l)
 	}
 	r.off += int64(n)
 	return nil

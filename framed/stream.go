@@ -39,7 +39,7 @@ func (r *Reader) deliverStream() error {
 				return nil
 			}
 			n = r.cfg.Format.frameLen(r.view.AsSlice()[r.pos:])
-			if err := r.checkLen(n); err != nil {
+			if err := r.checkLen(r.off+int64(r.pos), n); err != nil {
 				return err
 			}
 			at += plen
@@ -52,8 +52,9 @@ func (r *Reader) deliverStream() error {
 	}
 }
 
-// checkLen checks a frame's length, read from its prefix at pos.
-func (r *Reader) checkLen(n int) error {
+// checkLen checks the length n of the frame at offset (a stream offset,
+// or a datagram's index): a frame is not empty, and at most MaxFrame.
+func (r *Reader) checkLen(offset int64, n int) error {
 	msg := ""
 	switch {
 	case n == 0:
@@ -63,7 +64,7 @@ func (r *Reader) checkLen(n int) error {
 	default:
 		return nil
 	}
-	return &FrameError{Format: r.cfg.Format, Offset: r.off + int64(r.pos), Length: n, Msg: msg}
+	return &FrameError{Format: r.cfg.Format, Offset: offset, Length: n, Msg: msg}
 }
 
 // prepareChunk makes room for the next read: it reads on into the chunk
