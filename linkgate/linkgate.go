@@ -89,8 +89,8 @@ func New(hooks Hooks) *Gate {
 // out of netstack.
 func (g *Gate) Enter() stack.NetworkDispatcher {
 	g.inflight.Add(1)
-	if d := g.d.Load(); d != nil {
-		return *d
+	if d := g.Dispatcher(); d != nil {
+		return d
 	}
 	g.Leave()
 	return nil
